@@ -1,0 +1,201 @@
+"""GPU-resident batches with the official CIFAR augmentation (PAPER.md §2), airbench style.
+
+The official code (``rmlin/CoMHE``, ``cifar100_input_python.py``) augments each image in a numpy loop:
+``np.pad(img, [[4, 4], [4, 4], [0, 0]], "symmetric")`` (mirror *including* the edge pixel; torch's ``"reflect"``
+excludes it), a random 32x32 crop with row and column offsets ``np.random.randint(9)``, then ``np.fliplr`` with
+p = 0.5, and feeds ``(x - 127.5) / 128``. Here the whole batch is augmented on the device in one gather: pad, crop and
+flip are all index maps, so they compose into one index per output pixel and no padded copy is ever made.
+
+Deviations from the official code, all in the random stream only (the distributions are the same):
+the per-epoch shuffle is ``torch.randperm`` on a seeded CPU generator (official: ``np.random.shuffle`` of the
+already-shuffled array), and the crop offsets and flips of a batch are drawn as tensors, not image by image.
+"""
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple, Tuple
+
+import torch
+from torch import Tensor
+
+PAD = 4  # pixels of symmetric padding per side; offsets are uniform in 0..2*PAD (official: randint(9))
+
+
+class AugmentParams(NamedTuple):
+    """Random draws for a batch of ``B`` images, all int64/bool ``[B]`` on the CPU."""
+    row_offset: Tensor   # crop offset into the padded image, 0..2*pad (official ``h``)
+    col_offset: Tensor   # 0..2*pad (official ``v``)
+    flip: Tensor         # bool, horizontal flip after the crop
+
+    def select(self, rows: slice) -> "AugmentParams":
+        return AugmentParams(self.row_offset[rows], self.col_offset[rows], self.flip[rows])
+
+
+def draw_augment_params(batch: int, generator: torch.Generator, pad: int = PAD) -> AugmentParams:
+    """Draw crop offsets (uniform 0..2*pad) and flips (p = 0.5) for ``batch`` images from ``generator`` (CPU)."""
+    offsets = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator)
+    flip = torch.randint(0, 2, (batch,), generator=generator).bool()
+    return AugmentParams(offsets[0], offsets[1], flip)
+
+
+def _symmetric(pos: Tensor, size: int) -> Tensor:
+    """Map positions in ``[-pad, size + pad)`` of a symmetric-padded axis back to ``[0, size)``.
+
+    numpy 'symmetric': index -1 -> 0, -2 -> 1, ...; size -> size - 1, size + 1 -> size - 2 (edge repeated).
+    """
+    pos = torch.where(pos < 0, -pos - 1, pos)
+    return torch.where(pos >= size, 2 * size - 1 - pos, pos)
+
+
+def augment_batch(images: Tensor, params: AugmentParams, pad: int = PAD) -> Tensor:
+    """Symmetric pad, crop back to ``H x W`` at the given offsets, flip: ``[B, C, H, W]`` -> same shape and dtype.
+
+    Output pixel ``(i, j)`` of image ``b`` is padded pixel ``(row_offset[b] + i, col_offset[b] + j')`` with
+    ``j' = W - 1 - j`` when flipped, i.e. the official pad -> crop -> fliplr, as one gather on ``images.device``.
+    """
+    batch, channels, height, width = images.shape
+    if pad > min(height, width):
+        raise ValueError(f"symmetric padding of {pad} needs images of at least {pad}x{pad}, got {height}x{width}")
+    device = images.device
+    row_off, col_off, flip = (t.to(device, non_blocking=True) for t in params)
+    rows = _symmetric(row_off[:, None] + torch.arange(height, device=device) - pad, height)         # [B, H]
+    cols = _symmetric(col_off[:, None] + torch.arange(width, device=device) - pad, width)          # [B, W]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    flat = (rows[:, :, None] * width + cols[:, None, :]).view(batch, 1, height * width)            # [B, 1, H*W]
+    out = images.reshape(batch, channels, height * width).gather(2, flat.expand(-1, channels, -1))
+    return out.view(batch, channels, height, width)
+
+
+def normalize(images: Tensor) -> Tensor:
+    """uint8 ``[B, C, H, W]`` -> float32 ``(x - 127.5) / 128`` (official; no per-channel mean/std)."""
+    return images.float().sub_(127.5).div_(128.0)  # in place on the fresh float copy: one allocation
+
+
+def eval_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[Tuple[Tensor, Tensor]]:
+    """In-order, unaugmented, normalised batches ``(x float32 [b, C, H, W], y int64 [b])``; the last may be short."""
+    for start in range(0, images.shape[0], batch_size):
+        yield normalize(images[start:start + batch_size]), labels[start:start + batch_size]
+
+
+class TensorLoader:
+    """Unbounded stream of random batches from on-device uint8 images ``[N, C, H, W]`` and labels ``[N]``.
+
+    Each epoch draws a permutation from a private CPU ``torch.Generator`` (device-independent streams), then the
+    crop/flip draws of each *global* batch of ``batch_size * world_size`` images. Rank ``r`` takes rows
+    ``r*batch_size : (r+1)*batch_size`` of every global batch and of its draws, so the ranks of a 2-GPU run with
+    per-rank batch ``B/2`` see together exactly the batches (images and augmentations) of a 1-GPU run with batch
+    ``B``, and a state saved at one world size resumes at another with the same global batch.
+    When an epoch runs out the next batch starts a new one (the engine counts iterations, not epochs).
+    ``drop_last=True`` (official: 390 = 50000 // 128 iterations per epoch) drops the incomplete tail.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, augment: bool = True, seed: int = 0,
+                 drop_last: bool = True, rank: int = 0, world_size: int = 1, pad: int = PAD):
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must be [N] = [{images.shape[0]}], got {tuple(labels.shape)}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if not drop_last and world_size > 1:
+            # A short last batch would give ranks different batch sizes (or none), breaking collective ops.
+            raise ValueError("drop_last=False is only supported with world_size=1")
+        self.images, self.labels = images, labels.long()
+        self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
+        self.global_batch = batch_size * world_size
+        self.augment, self.pad, self.seed = augment, pad, seed
+        num = images.shape[0]
+        self.steps_per_epoch = num // self.global_batch if drop_last else -(-num // self.global_batch)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{num} images cannot fill one global batch of {self.global_batch} with drop_last")
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.step = 0, 0
+        self._perm = torch.randperm(num, generator=self.generator)
+
+    def __iter__(self) -> "TensorLoader":
+        return self
+
+    def __next__(self) -> Tuple[Tensor, Tensor]:
+        return self.next_batch()
+
+    def __len__(self) -> int:
+        """Batches per epoch (the stream itself never ends)."""
+        return self.steps_per_epoch
+
+    def next_batch(self) -> Tuple[Tensor, Tensor]:
+        """``(x float32 [batch_size, C, H, W], y int64 [batch_size])`` on the images' device."""
+        if self.step == self.steps_per_epoch:
+            self.epoch, self.step = self.epoch + 1, 0
+            self._perm = torch.randperm(self.images.shape[0], generator=self.generator)
+        start = self.step * self.global_batch
+        global_idx = self._perm[start:start + self.global_batch]
+        # Draw for the whole global batch on every rank, so the stream does not depend on the world size.
+        params = draw_augment_params(len(global_idx), self.generator, self.pad) if self.augment else None
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        idx = global_idx[mine].to(self.images.device, non_blocking=True)
+        self.step += 1
+        x, y = self.images[idx], self.labels[idx]
+        if params is not None:
+            x = augment_batch(x, params.select(mine), self.pad)
+        return normalize(x), y
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue the stream: epoch, step in it, its permutation, the generator state."""
+        return {"epoch": self.epoch, "step": self.step, "perm": self._perm.clone(),
+                "generator": self.generator.get_state(), "num_samples": int(self.images.shape[0]),
+                "global_batch": self.global_batch, "augment": self.augment, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = {"num_samples": int(self.images.shape[0]), "global_batch": self.global_batch, "augment": self.augment}
+        clash = {k: (state[k], v) for k, v in mine.items() if state[k] != v}
+        if clash:
+            raise ValueError(f"loader state does not fit this loader (saved, here): {clash}")
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        # .cpu(): a checkpoint loaded with map_location="cuda" would otherwise hand the CPU generator a CUDA tensor.
+        self._perm = state["perm"].cpu().clone()
+        self.generator.set_state(state["generator"].cpu())
+
+
+class LoaderStream:
+    """The ``TensorLoader`` interface over a ``DataLoader`` (ImageNet): unbounded and resumable mid-epoch.
+
+    The order of epoch ``e`` is the ``DistributedSampler``'s for ``(seed, e)``; resuming at step ``k`` of an epoch
+    skips its first ``k`` batches of *indices* (no image is decoded for them).
+    """
+
+    def __init__(self, dataset, batch_size: int, sampler, seed: int, **loader_args):
+        self.dataset, self.batch_size, self.sampler, self.loader_args = dataset, batch_size, sampler, loader_args
+        self.seed, self.epoch, self.step = seed, 0, 0
+        self.steps_per_epoch = len(sampler) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(sampler)} images per rank cannot fill one batch of {batch_size}")
+        self._iter = None
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def _start_epoch(self) -> None:
+        from torch.utils.data import DataLoader
+        self.sampler.set_epoch(self.epoch)
+        indices = list(self.sampler)[self.step * self.batch_size:self.steps_per_epoch * self.batch_size]
+        loader = DataLoader(self.dataset, self.batch_size, sampler=indices, drop_last=True, **self.loader_args)
+        self._iter = iter(loader)
+
+    def next_batch(self) -> Tuple[Tensor, Tensor]:
+        if self.step == self.steps_per_epoch:
+            self.epoch, self.step, self._iter = self.epoch + 1, 0, None
+        if self._iter is None:
+            self._start_epoch()
+        self.step += 1
+        return next(self._iter)
+
+    def __iter__(self) -> "LoaderStream":
+        return self
+
+    def __next__(self) -> Tuple[Tensor, Tensor]:
+        return self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step, self._iter = int(state["epoch"]), int(state["step"]), None
