@@ -1,0 +1,68 @@
+"""Multi-process training through ``torchrun`` (DDP). Single-process runs use the same code with world size 1.
+
+``torchrun --standalone --nproc_per_node=N -m comhe.train cfg.yaml`` sets RANK / WORLD_SIZE / LOCAL_RANK; the
+process group uses NCCL on CUDA and gloo on the CPU. Each rank trains on its shard of every batch (global batch
+``batch_size``); gradients are averaged by DDP; BN statistics are synchronised on CUDA (SyncBatchNorm; it is CUDA-only,
+so CPU multi-process runs keep per-rank BN statistics, documented in the README). The regulariser acts on the
+unwrapped model, identically on every rank: its random projections come from a generator seeded with the run's seed,
+so all ranks draw the same matrices (otherwise the averaged gradient would mix different projections). Only rank 0
+writes records and checkpoints.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init(device_type: str) -> DistContext:
+    """Join the process group when launched by torchrun, else a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    ctx = DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return ctx
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def broadcast_object(obj, ctx: DistContext):
+    """Rank 0's ``obj`` on every rank (e.g. the checkpoint state to resume from)."""
+    if not ctx.enabled:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,324 @@
+"""The training engine: one run of the paper's protocol (PAPER.md §2), resumable, leaving records for reporting.
+
+    setup = prepare(cfg)          # data, model, regulariser, optimiser: everything that can fail on bad input
+    final = train(cfg, run_dir)   # resumes from the run's newest intact checkpoint; a finished run is not retrained
+
+Iteration ``i`` means ``i`` SGD updates done. The LR is ``lr * lr_decay ** (number of milestones <= i)`` for the
+update that follows, as the official loop multiplies the LR when ``i`` reaches a milestone. The official code
+evaluates after update 500k+1 (its test runs after the update of step ``i % 500 == 0``); we evaluate after ``500k``
+updates, and also at iteration 0 (the init oracle of PAPER.md §2 and the start of the dynamics curves).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from . import checkpoint, data, distributed, models, regularizers
+from .energy import layer_energies
+from .layers import find_layers
+from .losses import LOSSES
+from .records import RunDir, environment
+from .seeding import rng_state, seed_everything, set_rng_state
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Setup:
+    cfg: Dict[str, Any]
+    device: torch.device
+    ctx: distributed.DistContext
+    bundle: data.DataBundle
+    model: nn.Module          # the user's model (what records and the regulariser see)
+    net: nn.Module            # what the step calls: the model, maybe DDP-wrapped and compiled
+    reg: regularizers.Regularizer
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    loss_fn: Callable
+    amp_dtype: Optional[torch.dtype]
+    channels_last: bool
+
+
+def resolve_device(cfg: Mapping[str, Any], ctx: distributed.DistContext) -> torch.device:
+    if cfg["device"] == "auto":
+        return torch.device(f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg["device"])
+    if device.type == "cuda" and ctx.enabled:
+        device = torch.device(f"cuda:{ctx.local_rank}")
+    return device
+
+
+def lr_at(cfg: Mapping[str, Any], iteration: int) -> float:
+    return cfg["lr"] * cfg["lr_decay"] ** sum(iteration >= m for m in cfg["milestones"])
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bn: bool):
+    if not exclude_bn:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, download: bool = True) -> Setup:
+    """Build everything a run needs. Raises (DatasetUnavailable, ValueError, ...) before any record is written."""
+    ctx = ctx or distributed.DistContext()
+    device = resolve_device(cfg, ctx)
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
+    bundle = data.build(cfg["dataset"], root=cfg["data_root"] or None, device=device, download=download,
+                        **cfg["data"])
+    if cfg["batch_size"] % ctx.world_size:
+        raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by the {ctx.world_size} processes")
+    options = dict(cfg["model_options"])
+    if "in_channels" in models.option_defaults(cfg["model"]):
+        options.setdefault("in_channels", bundle.in_channels)
+    if "image_size" in models.option_defaults(cfg["model"]):
+        options.setdefault("image_size", bundle.image_size)
+    model = models.build(cfg["model"], bundle.num_classes, **options)
+    channels_last = device.type == "cuda" if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
+    if ctx.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    reg_options = dict(cfg["reg"])
+    if "seed" in regularizers.option_defaults(cfg["regularizer"]):
+        reg_options.setdefault("seed", cfg["seed"])  # the same projections on every DDP rank
+    reg = regularizers.build(cfg["regularizer"], model, **reg_options)
+    net = model
+    if ctx.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["compile"]:
+        net = torch.compile(net)
+    sgd_options = {"lr": cfg["lr"], "momentum": cfg["momentum"], "nesterov": cfg["nesterov"]}
+    if device.type == "cuda":
+        sgd_options["fused" if "fused" in inspect.signature(torch.optim.SGD).parameters else "foreach"] = True
+    optimizer = torch.optim.SGD(param_groups(model, cfg["weight_decay"], cfg["wd_exclude_bn"]), **sgd_options)
+    loader = bundle.train_loader(cfg["batch_size"] // ctx.world_size, seed=cfg["seed"], rank=ctx.rank,
+                                 world_size=ctx.world_size, augment=cfg["augment"])
+    amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if device.type == "cuda" else "off")
+    loss = LOSSES.get(cfg["loss"])
+
+    def loss_fn(logits, labels):
+        return loss(logits, labels, label_smoothing=cfg["label_smoothing"])
+
+    return Setup(cfg, device, ctx, bundle, model, net, reg, optimizer, loader, loss_fn,
+                 torch.bfloat16 if amp == "bf16" else None, channels_last)
+
+
+def evaluate(s: Setup) -> float:
+    """Test error % on the full test set, BN in eval mode; batches are split over DDP ranks and summed."""
+    s.model.eval()
+    correct = torch.zeros((), device=s.device, dtype=torch.float64)
+    count = torch.zeros((), device=s.device, dtype=torch.float64)
+    with torch.no_grad(), torch.autocast(s.device.type, s.amp_dtype or torch.float32, enabled=s.amp_dtype is not None):
+        for i, (x, y) in enumerate(s.bundle.test_loader(s.cfg["eval_batch_size"])):
+            if i % s.ctx.world_size != s.ctx.rank:
+                continue
+            x, y = _to_device(x, y, s)
+            correct += (s.model(x).argmax(1) == y).sum()
+            count += y.numel()
+    s.model.train()
+    distributed.all_reduce_sum(correct, s.ctx)
+    distributed.all_reduce_sum(count, s.ctx)
+    return 100.0 * (1.0 - correct.item() / count.item())
+
+
+def _to_device(x, y, s: Setup):
+    x = x.to(s.device, non_blocking=True)
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(s.device, non_blocking=True)
+
+
+def train_step(s: Setup, x, y, lr: float):
+    """One SGD update; returns detached ``(task loss, correct count, regulariser loss)`` without a host sync."""
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(s.device.type, s.amp_dtype or torch.float32, enabled=s.amp_dtype is not None):
+        logits = s.net(x)
+        task = s.loss_fn(logits, y)
+    reg_loss, _ = s.reg(lr=lr, stats=False)
+    s.optimizer.zero_grad(set_to_none=True)
+    (task + reg_loss).backward()
+    s.optimizer.step()
+    return task.detach(), (logits.argmax(1) == y).sum(), reg_loss.detach()
+
+
+def _state(s: Setup, iteration: int, window: Dict[str, torch.Tensor], best: Dict[str, float], elapsed: float):
+    return {"iteration": iteration, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+            "regularizer": s.reg.state_dict(), "loader": s.loader.state_dict(), "rng": rng_state(),
+            "window": {k: v.detach().cpu() for k, v in window.items()}, "best": dict(best), "elapsed": elapsed}
+
+
+def _restore(s: Setup, state: Dict[str, Any]):
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.reg.load_state_dict(state["regularizer"])
+    s.loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    window = {k: v.to(s.device) for k, v in state["window"].items()}
+    return state["iteration"], window, dict(state["best"]), float(state["elapsed"])
+
+
+def _new_window(device) -> Dict[str, torch.Tensor]:
+    return {k: torch.zeros((), device=device, dtype=torch.float64) for k in ("loss", "correct", "reg", "seen", "steps")}
+
+
+def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_error: float,
+                elapsed: float) -> Dict[str, Any]:
+    sums = {k: v.item() for k, v in window.items()}
+    steps = max(sums["steps"], 1.0)
+    energies = layer_energies(s.model)
+    roles = {layer.name: layer.role for layer in find_layers(s.model)}
+    row = {"iteration": iteration, "epoch": iteration * s.cfg["batch_size"] / s.bundle.num_train,
+           "lr": lr_at(s.cfg, max(iteration - 1, 0)),
+           "train_loss": sums["loss"] / steps if sums["steps"] else float("nan"),
+           "train_acc": 100.0 * sums["correct"] / sums["seen"] if sums["seen"] else float("nan"),
+           "reg_loss": sums["reg"] / steps if sums["steps"] else float("nan"),
+           "test_error": test_error,
+           "hidden_energy": sum(v for k, v in energies.items() if roles[k] != "output"),
+           "seconds": elapsed}
+    row.update({f"energy/{k}": v for k, v in energies.items()})
+    return row
+
+
+class _StopRequest:
+    """SIGTERM / SIGUSR1 (cluster preemption) ask the loop to checkpoint and exit; the relaunch resumes."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Preempted(RuntimeError):
+    """Raised after a checkpoint was written because a stop signal arrived."""
+
+
+def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[Setup] = None,
+          report: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Train (or resume, or skip) the run in ``run_dir``. Returns ``final.json``'s content."""
+    run = RunDir(run_dir)
+    if run.status() == "done":
+        return run.read_final()
+    s = setup or prepare(cfg)
+    main = s.ctx.is_main
+    if main:
+        run.lock()
+    try:
+        return _train_locked(s, run, main, report)
+    finally:
+        if main:
+            run.unlock()
+
+
+def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
+    cfg = s.cfg
+    if run.status() == "done":  # finished by another process while we waited for the data
+        return run.read_final()
+    if main:
+        run.write_config(cfg)
+    state = checkpoint.load_latest(run.checkpoint_dir, map_location=s.device) if run.checkpoint_dir.exists() else None
+    iteration, window, best, elapsed = 0, _new_window(s.device), {"test_error": math.inf, "iteration": -1}, 0.0
+    if state is not None:
+        iteration, window, best, elapsed = _restore(s, state)
+    if main:
+        run.truncate_metrics(iteration)
+        meta = {**environment(s.device), "seed": cfg["seed"], "world_size": s.ctx.world_size,
+                "resumed_from": iteration}
+        run.write_meta({**run.read_meta(), **meta})
+    start, start_iteration = time.perf_counter(), iteration
+
+    def clock() -> float:
+        return elapsed + time.perf_counter() - start
+
+    def log_eval(it: int) -> Dict[str, Any]:
+        row = metrics_row(s, it, window, evaluate(s), clock())
+        if row["test_error"] < best["test_error"]:
+            best.update(test_error=row["test_error"], iteration=it)
+        if main:
+            run.append_metrics(row)
+        if report:
+            report(row)
+        return row
+
+    if iteration == 0 and not run.read_metrics():
+        log_eval(0)
+    final_row = None
+    with _StopRequest() as stop:
+        while iteration < cfg["iterations"]:
+            x, y = _to_device(*s.loader.next_batch(), s)
+            loss, correct, reg_loss = train_step(s, x, y, lr_at(cfg, iteration))
+            iteration += 1
+            window["loss"] += loss
+            window["correct"] += correct
+            window["reg"] += reg_loss
+            window["seen"] += y.numel()
+            window["steps"] += 1
+            if iteration % cfg["eval_every"] == 0 or iteration == cfg["iterations"]:
+                if not math.isfinite(window["loss"].item() + window["reg"].item()):
+                    return _finish(s, run, main, iteration, best, clock(), diverged=True, last_row=final_row)
+                final_row = log_eval(iteration)
+                window = _new_window(s.device)
+            if main and (iteration % cfg["checkpoint_every"] == 0 or stop.requested):
+                checkpoint.save(run.checkpoint_dir, iteration, _state(s, iteration, window, best, clock()))
+            if stop.requested:
+                distributed.barrier(s.ctx)
+                raise Preempted(f"stopped by a signal at iteration {iteration}; relaunch to resume")
+    images = (iteration - start_iteration) * cfg["batch_size"]
+    return _finish(s, run, main, iteration, best, clock(), diverged=False, last_row=final_row,
+                   images_per_s=images / max(time.perf_counter() - start, 1e-9))
+
+
+def _finish(s: Setup, run: RunDir, main: bool, iteration: int, best: Dict[str, float], seconds: float,
+            diverged: bool, last_row: Optional[Dict[str, Any]], images_per_s: float = float("nan")) -> Dict[str, Any]:
+    if last_row is None and not diverged:
+        rows = run.read_metrics()
+        last_row = {k: float(v) for k, v in rows[-1].items()} if rows else {}
+    final = {
+        "status": "diverged" if diverged else "finished",
+        "iterations": iteration,
+        "diverged_at": iteration if diverged else None,
+        "final_test_error": None if diverged else last_row.get("test_error"),
+        "best_test_error": None if diverged else best["test_error"],
+        "best_iteration": None if diverged else best["iteration"],
+        "final_train_loss": None if diverged else last_row.get("train_loss"),
+        "final_hidden_energy": None if diverged else last_row.get("hidden_energy"),
+        "wall_time_s": seconds,
+        "train_images_per_s": images_per_s,
+    }
+    if main:
+        if not diverged:  # the final weights, for users who want them; a diverged run's weights are NaN
+            checkpoint.save(run.checkpoint_dir, iteration, {"iteration": iteration, "model": s.model.state_dict()},
+                            keep=1)
+        run.write_meta({**run.read_meta(), "wall_time_s": seconds, "status": final["status"]})
+        run.write_final(final)
+    distributed.barrier(s.ctx)
+    return final
