@@ -46,7 +46,8 @@ DEFAULTS: Dict[str, Any] = {
     "device": "auto",           # auto: cuda if available, else cpu
     "amp": "auto",              # auto: bf16 autocast on CUDA (BN and the regulariser stay fp32); off; bf16
     "channels_last": "auto",    # auto: on for CUDA
-    "compile": False,           # torch.compile the model (first steps pay the compile)
+    "compile": False,           # torch.compile the model and the regulariser's energy (first steps pay the compile)
+    "cuda_graph": False,        # capture the whole step (optimiser included) in CUDA graphs (steps.py)
     "workers": 8,               # DataLoader workers (ImageNet only; CIFAR lives on the device)
     "threads": 0,               # CPU threads for torch (0: torch's default)
 }
@@ -160,7 +161,13 @@ def validate(cfg: Mapping[str, Any]) -> None:
             if key not in valid:
                 raise ConfigError(f"unknown option {section}.{key} for {cfg[_SECTION_OWNER[section]]!r}"
                                   f"{_closest(key, valid)}")
-            if not _type_ok(value, valid[key]):
+            if section == "reg" and key == "s":  # the power is an int (0, 1, 2) or a string (a0, a1, a2)
+                from .energy import canonical_power
+                try:
+                    canonical_power(value)
+                except ValueError as err:
+                    raise ConfigError(f"reg.s: {err}") from None
+            elif not _type_ok(value, valid[key]):
                 raise ConfigError(f"{section}.{key} must be {type(valid[key]).__name__}, got {value!r}")
 
 

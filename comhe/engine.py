@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from . import checkpoint, data, distributed, models, regularizers
+from . import checkpoint, data, distributed, models, regularizers, steps
 from .energy import layer_energies
 from .layers import find_layers
 from .losses import LOSSES
@@ -47,6 +47,7 @@ class Setup:
     loss_fn: Callable
     amp_dtype: Optional[torch.dtype]
     channels_last: bool
+    step: Any = None          # steps.EagerStep or steps.GraphStep: step(x, y, lr) -> (loss, correct, reg_loss)
 
 
 def resolve_device(cfg: Mapping[str, Any], ctx: distributed.DistContext) -> torch.device:
@@ -72,15 +73,20 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bn: bool):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, download: bool = True) -> Setup:
-    """Build everything a run needs. Raises (DatasetUnavailable, ValueError, ...) before any record is written."""
+def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, download: bool = True,
+            bundle: Optional[data.DataBundle] = None) -> Setup:
+    """Build everything a run needs. Raises (DatasetUnavailable, ValueError, ...) before any record is written.
+
+    bundle: data already loaded (benchmarks pass synthetic tensors of the real shape); default ``cfg["dataset"]``.
+    """
     ctx = ctx or distributed.DistContext()
     device = resolve_device(cfg, ctx)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     seed_everything(cfg["seed"], cfg["deterministic"])
-    bundle = data.build(cfg["dataset"], root=cfg["data_root"] or None, device=device, download=download,
-                        **cfg["data"])
+    if bundle is None:
+        bundle = data.build(cfg["dataset"], root=cfg["data_root"] or None, device=device, download=download,
+                            **cfg["data"])
     if cfg["batch_size"] % ctx.world_size:
         raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by the {ctx.world_size} processes")
     options = dict(cfg["model_options"])
@@ -102,6 +108,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg["compile"]:
         net = torch.compile(net)
+        reg.compile()  # fuses the energy's elementwise chain
     sgd_options = {"lr": cfg["lr"], "momentum": cfg["momentum"], "nesterov": cfg["nesterov"]}
     if device.type == "cuda":
         sgd_options["fused" if "fused" in inspect.signature(torch.optim.SGD).parameters else "foreach"] = True
@@ -114,8 +121,10 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
     def loss_fn(logits, labels):
         return loss(logits, labels, label_smoothing=cfg["label_smoothing"])
 
-    return Setup(cfg, device, ctx, bundle, model, net, reg, optimizer, loader, loss_fn,
-                 torch.bfloat16 if amp == "bf16" else None, channels_last)
+    setup = Setup(cfg, device, ctx, bundle, model, net, reg, optimizer, loader, loss_fn,
+                  torch.bfloat16 if amp == "bf16" else None, channels_last)
+    setup.step = steps.build(setup, "cuda_graph" if cfg["cuda_graph"] else "eager")
+    return setup
 
 
 def evaluate(s: Setup) -> float:
@@ -141,20 +150,6 @@ def _to_device(x, y, s: Setup):
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y.to(s.device, non_blocking=True)
-
-
-def train_step(s: Setup, x, y, lr: float):
-    """One SGD update; returns detached ``(task loss, correct count, regulariser loss)`` without a host sync."""
-    for group in s.optimizer.param_groups:
-        group["lr"] = lr
-    with torch.autocast(s.device.type, s.amp_dtype or torch.float32, enabled=s.amp_dtype is not None):
-        logits = s.net(x)
-        task = s.loss_fn(logits, y)
-    reg_loss, _ = s.reg(lr=lr, stats=False)
-    s.optimizer.zero_grad(set_to_none=True)
-    (task + reg_loss).backward()
-    s.optimizer.step()
-    return task.detach(), (logits.argmax(1) == y).sum(), reg_loss.detach()
 
 
 def _state(s: Setup, iteration: int, window: Dict[str, torch.Tensor], best: Dict[str, float], elapsed: float):
@@ -275,7 +270,7 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     with _StopRequest() as stop:
         while iteration < cfg["iterations"]:
             x, y = _to_device(*s.loader.next_batch(), s)
-            loss, correct, reg_loss = train_step(s, x, y, lr_at(cfg, iteration))
+            loss, correct, reg_loss = s.step(x, y, lr_at(cfg, iteration))
             iteration += 1
             window["loss"] += loss
             window["correct"] += correct
@@ -316,7 +311,9 @@ def _finish(s: Setup, run: RunDir, main: bool, iteration: int, best: Dict[str, f
     }
     if main:
         if not diverged:  # the final weights, for users who want them; a diverged run's weights are NaN
-            checkpoint.save(run.checkpoint_dir, iteration, {"iteration": iteration, "model": s.model.state_dict()},
+            # The full state, not only the weights: it replaces the older checkpoints (keep=1), so a kill before
+            # final.json below must be able to resume from it (the loop is then skipped and this is redone).
+            checkpoint.save(run.checkpoint_dir, iteration, _state(s, iteration, _new_window(s.device), best, seconds),
                             keep=1)
         run.write_meta({**run.read_meta(), "wall_time_s": seconds, "status": final["status"]})
         run.write_final(final)

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-RUN_ID_IGNORES = ("device", "amp", "channels_last", "compile", "workers", "threads", "data_root",
+RUN_ID_IGNORES = ("device", "amp", "channels_last", "compile", "cuda_graph", "workers", "threads", "data_root",
                   "eval_batch_size", "checkpoint_every")  # how a run is executed, not what it computes
 
 

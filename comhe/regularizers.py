@@ -91,6 +91,10 @@ class Regularizer(nn.Module):
     def compute(self, lr: Optional[float]):  # pragma: no cover - every registered subclass overrides it
         raise TypeError(f"{type(self).__name__} does not define compute()")
 
+    def compile(self, **options) -> "Regularizer":
+        """``torch.compile`` the pure tensor math (fuses the energy's elementwise chain into a few kernels)."""
+        return self
+
     def summarize(self, parts) -> Dict[str, float]:
         return {}
 
@@ -154,6 +158,11 @@ class EnergyRegularizer(Regularizer):
             self.proj = projection_registry.build(self.projection, shapes, **projection_options).to(
                 device=self.device_hint, dtype=self.dtype_hint)
         self._plan_buckets()
+        self._energy = energy_from_gram
+
+    def compile(self, **options) -> "EnergyRegularizer":
+        self._energy = torch.compile(energy_from_gram, dynamic=False, **options)
+        return self
 
     def _plan(self, layers: List[Layer], probe) -> List[_Group]:
         groups: Dict[tuple, _Group] = {}
@@ -206,7 +215,7 @@ class EnergyRegularizer(Regularizer):
         loss, energies = None, []
         for b, (_, half_space) in enumerate(self.buckets):
             gram = pieces[b][0] if len(pieces[b]) == 1 else torch.cat(pieces[b])
-            energy = energy_from_gram(gram, self.s, half_space, self.eps, upper=getattr(self, f"upper{b}"))
+            energy = self._energy(gram, self.s, half_space, self.eps, upper=getattr(self, f"upper{b}"))
             term = (energy * getattr(self, f"row_weight{b}")).sum()
             loss = term if loss is None else loss + term
             energies.append(energy)

@@ -1,0 +1,218 @@
+"""``make bench-gpu``: the training step on a CUDA card, in one process, interleaved (CIFAR-shaped synthetic data).
+
+1. Step time of every regulariser against the baseline (ratio), images/s and model-FLOPs utilisation (FLOPs from the
+   layer shapes, x3 for a training step, over the card's dense bf16 peak), for CNN-9 and ResNet-32 at batch 128, in
+   each step mode (eager; CUDA graphs; ``torch.compile`` for the baseline and RP-CoMHE). Configurations are measured in
+   interleaved rounds, the median kept, so clock and thermal drift hit all of them alike.
+2. The wall time of a full-protocol CNN-9 run (75k iterations + 150 evaluations of 10k images), extrapolated from the
+   timed windows.
+3. Aggregate throughput of 1, 2, 4 and 8 concurrent ResNet-32 runs on the card (worker processes), and the best
+   ``JOBS`` (written to ``results/bench/best_jobs.json``, which the runner reads as its default on CUDA).
+
+    PYTHONPATH=. python -m comhe.bench.gpu [--quick] [--out results/bench]
+
+Every configuration that fails (e.g. a mode a torch version cannot capture) is recorded with its error; the script
+goes on. Goals (GPU issue): RP-CoMHE step <= 1.15x baseline on CNN-9, <= 1.3x on ResNet-32; CNN-9 baseline >= 30%
+MFU; a full CNN-9 CoMHE run <= 3 min; >= 2x aggregate throughput with 4 ResNet-32 runs per card vs 1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from .. import config, data, engine
+from .flops import forward_flops, peak_flops
+
+REGULARIZERS = ["none", "mhe", "hs_mhe", "rp_comhe", "ap_comhe", "adv_comhe", "g_comhe", "orthogonal", "srip"]
+MODELS = {"cnn9": {"model": "cnn9", "dataset": "cifar100"}, "resnet32": {"model": "resnet32", "dataset": "cifar100",
+                                                                       "loss": "cross_entropy"}}
+
+
+def synthetic_bundle(device: torch.device, classes: int = 100, train: int = 50000, test: int = 10000):
+    """CIFAR-shaped uint8 data already on the device (CIFAR itself is not on the benchmark machine)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def split(n):
+        return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen),
+                torch.randint(0, classes, (n,), generator=gen))
+    return data.tensor_bundle("synthetic-cifar-shape", split(train), split(test), classes, device)
+
+
+def make_setup(model_key: str, regularizer: str, mode: str, bundle, batch: int = 128):
+    cfg = config.resolve(base={**MODELS[model_key], "regularizer": regularizer, "batch_size": batch,
+                               "cuda_graph": mode == "cuda_graph", "compile": mode == "compile"})
+    return engine.prepare(cfg, bundle=bundle)
+
+
+def time_steps(setup, steps: int) -> float:
+    """Seconds per step over ``steps`` steps (CUDA-synchronised at both ends)."""
+    lr = setup.cfg["lr"]
+    batches = [setup.loader.next_batch() for _ in range(4)]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(steps):
+        x, y = batches[i % len(batches)]
+        setup.step(x, y, lr)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def step_table(bundle, models: List[str], regs: List[str], modes: List[str], steps: int, rounds: int) -> List[Dict]:
+    device = bundle.train_images.device
+    peak = peak_flops(torch.cuda.get_device_name(device))
+    rows, setups = [], {}
+    for model_key in models:
+        for reg in regs:
+            for mode in modes:
+                if mode == "compile" and reg not in ("none", "rp_comhe"):
+                    continue  # compile time is minutes per configuration: only the two the goals name
+                key = (model_key, reg, mode)
+                try:
+                    s = make_setup(model_key, reg, mode, bundle)
+                    time_steps(s, 8)  # warm-up: graph capture, compilation, cuDNN autotuning
+                    setups[key] = s
+                except Exception as err:  # record and go on: one broken mode must not hide the others
+                    rows.append({"model": model_key, "regularizer": reg, "mode": mode, "error": repr(err)[:200]})
+    samples: Dict[tuple, List[float]] = {k: [] for k in setups}
+    for _ in range(rounds):
+        for key, s in setups.items():
+            try:
+                samples[key].append(time_steps(s, steps))
+            except Exception as err:
+                rows.append({"model": key[0], "regularizer": key[1], "mode": key[2], "error": repr(err)[:200]})
+    flops = {m: 3 * forward_flops(next(s.model for k, s in setups.items() if k[0] == m), (3, 32, 32), device)
+             for m in models if any(k[0] == m for k in setups)}
+    for key, times in samples.items():
+        if not times:
+            continue
+        model_key, reg, mode = key
+        t = statistics.median(times)
+        base = samples.get((model_key, "none", mode)) or [float("nan")]
+        achieved = flops[model_key] * 128 / t
+        rows.append({"model": model_key, "regularizer": reg, "mode": mode, "step_ms": 1e3 * t,
+                     "ratio_to_baseline": t / statistics.median(base), "images_per_s": 128 / t,
+                     "mfu_percent": 100 * achieved / peak if peak else "", "error": ""})
+    return rows
+
+
+def protocol_time(bundle, mode: str, step_ms: float) -> Dict:
+    s = make_setup("cnn9", "rp_comhe", mode, bundle)
+    engine.evaluate(s)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    engine.evaluate(s)
+    eval_s = time.perf_counter() - start
+    total = 75000 * step_ms / 1e3 + 151 * eval_s
+    return {"mode": mode, "step_ms": step_ms, "eval_s": eval_s, "full_run_min": total / 60}
+
+
+def concurrency(jobs_list: List[int], duration: float, mode: str) -> List[Dict]:
+    rows = []
+    for jobs in jobs_list:
+        start_at = time.time() + 40 + 2 * jobs  # every worker starts timing at the same moment, after its warm-up
+        procs = [subprocess.Popen([sys.executable, "-m", "comhe.bench.gpu", "--worker", "--mode", mode,
+                                   "--start-at", str(start_at), "--duration", str(duration)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
+        rates = []
+        for p in procs:
+            out, _ = p.communicate(timeout=600)
+            rates += [float(line.split()[1]) for line in out.splitlines() if line.startswith("RATE")]
+        rows.append({"jobs": jobs, "workers_ok": len(rates), "aggregate_images_per_s": sum(rates),
+                     "per_run_images_per_s": sum(rates) / max(len(rates), 1)})
+    base = rows[0]["aggregate_images_per_s"] if rows else float("nan")
+    for r in rows:
+        r["speedup_vs_1"] = r["aggregate_images_per_s"] / base if base else float("nan")
+    return rows
+
+
+def worker(args) -> None:
+    device = torch.device("cuda")
+    s = make_setup("resnet32", "none", args.mode, synthetic_bundle(device, train=5000, test=1000))
+    time_steps(s, 10)
+    while time.time() < args.start_at:
+        time.sleep(0.01)
+    steps, begin = 0, time.perf_counter()
+    while time.perf_counter() - begin < args.duration:
+        time_steps(s, 10)
+        steps += 10
+    print(f"RATE {steps * 128 / (time.perf_counter() - begin):.1f}", flush=True)
+
+
+def write_csv(path: Path, rows: List[Dict]) -> None:
+    fields: List[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and configurations (a ~2-minute check)")
+    p.add_argument("--skip-concurrency", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="eager", help=argparse.SUPPRESS)
+    p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--duration", type=float, default=15.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench-gpu needs a CUDA device (this machine has none); `make bench` measures the CPU side")
+    if args.worker:
+        return worker(args)
+    t0 = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    print(f"# {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, {time.strftime('%Y-%m-%d %H:%M')}")
+    bundle = synthetic_bundle(device)
+    regs = ["none", "hs_mhe", "rp_comhe", "ap_comhe"] if args.quick else REGULARIZERS
+    modes = ["eager", "cuda_graph"] if args.quick else ["eager", "cuda_graph", "compile"]
+    rows = step_table(bundle, list(MODELS), regs, modes, steps=20 if args.quick else 50, rounds=3 if args.quick else 5)
+    for r in rows:
+        r.update(device=name, torch=torch.__version__)
+    write_csv(out / "gpu_steps.csv", rows)
+    ok = [r for r in rows if not r.get("error")]
+    print(f"\n{'model':<9} {'regularizer':<11} {'mode':<10} {'step ms':>8} {'x base':>7} {'img/s':>9} {'MFU %':>6}")
+    for r in ok:
+        mfu = f"{r['mfu_percent']:.1f}" if r["mfu_percent"] != "" else "?"
+        print(f"{r['model']:<9} {r['regularizer']:<11} {r['mode']:<10} {r['step_ms']:>8.3f} "
+              f"{r['ratio_to_baseline']:>7.3f} {r['images_per_s']:>9.0f} {mfu:>6}")
+    for r in rows:
+        if r.get("error"):
+            print(f"FAILED {r['model']} {r['regularizer']} {r['mode']}: {r['error']}")
+    rp = [r for r in ok if r["model"] == "cnn9" and r["regularizer"] == "rp_comhe"]
+    if rp:
+        best = min(rp, key=lambda r: r["step_ms"])
+        proto = protocol_time(bundle, best["mode"], best["step_ms"])
+        write_csv(out / "gpu_protocol.csv", [{**proto, "device": name}])
+        print(f"\nfull-protocol CNN-9 RP-CoMHE run ({best['mode']}): {proto['full_run_min']:.2f} min "
+              f"(75k steps at {best['step_ms']:.3f} ms + 151 evals at {proto['eval_s']:.2f} s)")
+    if not args.skip_concurrency:
+        base_modes = [r for r in ok if r["model"] == "resnet32" and r["regularizer"] == "none"]
+        mode = min(base_modes, key=lambda r: r["step_ms"])["mode"] if base_modes else "eager"
+        conc = concurrency([1, 2, 4] if args.quick else [1, 2, 4, 8], 10 if args.quick else 15, mode)
+        write_csv(out / "gpu_concurrency.csv", [{**r, "device": name, "mode": mode} for r in conc])
+        print("\njobs  aggregate img/s  per run  x vs 1")
+        for r in conc:
+            print(f"{r['jobs']:>4} {r['aggregate_images_per_s']:>16.0f} {r['per_run_images_per_s']:>8.0f} "
+                  f"{r['speedup_vs_1']:>7.2f}")
+        best_jobs = max(conc, key=lambda r: r["aggregate_images_per_s"])["jobs"]
+        (out / "best_jobs.json").write_text(json.dumps({"device": name, "best_jobs": best_jobs, "mode": mode}))
+    print(f"\nwrote {out}/gpu_*.csv in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
