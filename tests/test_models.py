@@ -63,8 +63,8 @@ def test_unknown_model_name_lists_valid_ones():
 
 @pytest.mark.parametrize("options, message", [
     ({"widht": 2}, r"no option 'widht'; valid: width, in_channels, image_size"),
-    ({"width": 2.0}, r"'width' = 2.0 should be of type int"),
-    ({"width": True}, r"'width' = True should be of type int"),
+    ({"width": "2"}, r"'width' = '2' should be of type float"),
+    ({"width": True}, r"'width' = True should be of type float"),
     ({"image_size": "32"}, r"'image_size' = '32' should be of type int"),
 ])
 def test_bad_options_raise(options, message):
@@ -75,8 +75,12 @@ def test_bad_options_raise(options, message):
 def test_bad_values_raise():
     with pytest.raises(ValueError, match="num_classes"):
         models.build("resnet20", 0)
-    with pytest.raises(ValueError, match="width must be >= 1"):
+    with pytest.raises(ValueError, match="width t must make"):
         models.build("cnn9", 10, width=0)
+    with pytest.raises(ValueError, match=r"whole channel counts, got 0.3"):
+        models.build("cnn9", 10, width=0.3)
+    half = models.build("cnn9", 10, width=0.5)  # 1/8 of the paper's width: 8/16/32 channels, for CPU runs
+    assert [m.out_channels for m in half.modules() if isinstance(m, torch.nn.Conv2d)][:9] == [8] * 3 + [16] * 3 + [32] * 3
     with pytest.raises(ValueError, match="no option 'width'; valid: in_channels"):
         models.build("resnet18", 10, width=2)
 

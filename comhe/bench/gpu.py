@@ -29,22 +29,13 @@ from typing import Dict, List
 
 import torch
 
-from .. import config, data, engine
+from .. import config, engine
 from .flops import forward_flops, peak_flops
+from .shapes import synthetic_bundle
 
 REGULARIZERS = ["none", "mhe", "hs_mhe", "rp_comhe", "ap_comhe", "adv_comhe", "g_comhe", "orthogonal", "srip"]
 MODELS = {"cnn9": {"model": "cnn9", "dataset": "cifar100"}, "resnet32": {"model": "resnet32", "dataset": "cifar100",
                                                                        "loss": "cross_entropy"}}
-
-
-def synthetic_bundle(device: torch.device, classes: int = 100, train: int = 50000, test: int = 10000):
-    """CIFAR-shaped uint8 data already on the device (CIFAR itself is not on the benchmark machine)."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-
-    def split(n):
-        return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen),
-                torch.randint(0, classes, (n,), generator=gen))
-    return data.tensor_bundle("synthetic-cifar-shape", split(train), split(test), classes, device)
 
 
 def make_setup(model_key: str, regularizer: str, mode: str, bundle, batch: int = 128):

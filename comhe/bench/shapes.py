@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import List, Tuple
 
+import torch
 from torch import nn
 
 
@@ -46,3 +47,15 @@ STACKS = {"cnn9": lambda: LayerStack(cnn9_shapes()), "resnet56": lambda: LayerSt
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
+
+
+def synthetic_bundle(device, classes: int = 100, train: int = 50000, test: int = 10000):
+    """CIFAR-shaped random uint8 data already on ``device`` (for timing; CIFAR is not on benchmark machines)."""
+    from ..data import tensor_bundle
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def split(n):
+        return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen),
+                torch.randint(0, classes, (n,), generator=gen))
+    return tensor_bundle("synthetic-cifar-shape", split(train), split(test), classes, torch.device(device))

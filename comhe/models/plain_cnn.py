@@ -56,23 +56,27 @@ class PlainCNN(nn.Module):
     kernel (the side left after the three pools), which must reduce the map to 1x1.
     """
 
-    def __init__(self, convs_per_stage: int, num_classes: int, *, width: int = 4, in_channels: int = 3,
+    def __init__(self, convs_per_stage: int, num_classes: int, *, width: float = 4.0, in_channels: int = 3,
                  image_size: int = 32, bn_momentum: float = BN_MOMENTUM):
         super().__init__()
-        for key, value in dict(convs_per_stage=convs_per_stage, num_classes=num_classes, width=width,
-                               in_channels=in_channels, image_size=image_size).items():
+        for key, value in dict(convs_per_stage=convs_per_stage, num_classes=num_classes, in_channels=in_channels,
+                               image_size=image_size).items():
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
+        # Fractional t is allowed where every stage stays whole (t = 0.5: 8/16/32 channels, for CPU runs).
+        if width <= 0 or any(width * base != int(width * base) for base in STAGE_CHANNELS):
+            raise ValueError(f"width t must make t * {STAGE_CHANNELS} whole channel counts, got {width}")
         self.image_size = image_size
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()
         channels = in_channels
         for stage, base in enumerate(STAGE_CHANNELS, start=1):
+            out = int(width * base)
             for i in range(1, convs_per_stage + 1):
                 # padding=1 is TF 'SAME' for a 3x3 kernel at stride 1 (one pixel on every side).
-                layers[f"conv{stage}_{i}"] = nn.Conv2d(channels, width * base, 3, padding=1, bias=False)
-                layers[f"bn{stage}_{i}"] = nn.BatchNorm2d(width * base, eps=BN_EPS, momentum=bn_momentum)
+                layers[f"conv{stage}_{i}"] = nn.Conv2d(channels, out, 3, padding=1, bias=False)
+                layers[f"bn{stage}_{i}"] = nn.BatchNorm2d(out, eps=BN_EPS, momentum=bn_momentum)
                 layers[f"relu{stage}_{i}"] = nn.ReLU(inplace=True)
-                channels = width * base
+                channels = out
             # ceil_mode reproduces TF 'SAME' pooling on odd sides (7 -> 4, as for 28x28 Fashion-MNIST); even sides
             # are unaffected. The window may overhang only by padding, which max-pooling ignores in both.
             layers[f"pool{stage}"] = nn.MaxPool2d(2, stride=2, ceil_mode=True)
@@ -100,7 +104,7 @@ class PlainCNN(nn.Module):
 
 
 @MODELS.register("cnn6")
-def cnn6(num_classes: int, *, width: int = 4, in_channels: int = 3, image_size: int = 32,
+def cnn6(num_classes: int, *, width: float = 4.0, in_channels: int = 3, image_size: int = 32,
          bn_momentum: float = BN_MOMENTUM) -> PlainCNN:
     """CNN-6: 2 convs per stage (the MHE paper's depth ablation)."""
     return PlainCNN(2, num_classes, width=width, in_channels=in_channels, image_size=image_size,
@@ -108,7 +112,7 @@ def cnn6(num_classes: int, *, width: int = 4, in_channels: int = 3, image_size: 
 
 
 @MODELS.register("cnn9")
-def cnn9(num_classes: int, *, width: int = 4, in_channels: int = 3, image_size: int = 32,
+def cnn9(num_classes: int, *, width: float = 4.0, in_channels: int = 3, image_size: int = 32,
          bn_momentum: float = BN_MOMENTUM) -> PlainCNN:
     """CNN-9: 3 convs per stage, the network of every official MHE / CoMHE CIFAR experiment."""
     return PlainCNN(3, num_classes, width=width, in_channels=in_channels, image_size=image_size,
@@ -116,7 +120,7 @@ def cnn9(num_classes: int, *, width: int = 4, in_channels: int = 3, image_size: 
 
 
 @MODELS.register("cnn15")
-def cnn15(num_classes: int, *, width: int = 4, in_channels: int = 3, image_size: int = 32,
+def cnn15(num_classes: int, *, width: float = 4.0, in_channels: int = 3, image_size: int = 32,
           bn_momentum: float = BN_MOMENTUM) -> PlainCNN:
     """CNN-15: 5 convs per stage (the MHE paper's depth ablation)."""
     return PlainCNN(5, num_classes, width=width, in_channels=in_channels, image_size=image_size,
