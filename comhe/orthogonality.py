@@ -69,17 +69,9 @@ class _GramPenalty(Regularizer):
         return loss, values
 
     def summarize(self, values: List[Tensor]) -> Dict[str, float]:
-        stats: Dict[str, float] = {}
-        hidden = output = 0.0
-        for group, value in zip(self.groups, values):
-            for layer, v in zip(group, value.detach().cpu().tolist()):
-                stats[f"penalty/{layer.name}"] = v
-                if layer.role == "output":
-                    output += self.lambda_output * v
-                else:
-                    hidden += self.lambda_hidden * v
-        stats.update(hidden=hidden, output=output, total=hidden + output)
-        return stats
+        per_layer = [(layer, v) for group, value in zip(self.groups, values)
+                     for layer, v in zip(group, value.detach().cpu().tolist())]
+        return self.weighted_stats(per_layer, "penalty")
 
 
 @REGULARIZERS.register("orthonormal")

@@ -98,6 +98,20 @@ class Regularizer(nn.Module):
     def summarize(self, parts) -> Dict[str, float]:
         return {}
 
+    def weighted_stats(self, per_layer: List[Tuple[Layer, float]], prefix: str) -> Dict[str, float]:
+        """``{prefix/<layer>: value}`` plus the lambda-weighted sums ``hidden`` (input + hidden), ``output``, ``total``
+        (needs ``lambda_hidden`` / ``lambda_output`` attributes)."""
+        stats: Dict[str, float] = {}
+        hidden = output = 0.0
+        for layer, value in per_layer:
+            stats[f"{prefix}/{layer.name}"] = value
+            if layer.role == "output":
+                output += self.lambda_output * value
+            else:
+                hidden += self.lambda_hidden * value
+        stats.update(hidden=hidden, output=output, total=hidden + output)
+        return stats
+
 
 @REGULARIZERS.register("none")
 class NoRegularizer(Regularizer):
@@ -228,17 +242,8 @@ class EnergyRegularizer(Regularizer):
             for row, value in zip(self.row_layers[b], energy.detach().cpu().tolist()):
                 sums[row] += value
                 counts[row] += 1
-        stats: Dict[str, float] = {}
-        hidden = output = 0.0
-        for layer, total, count in zip(self.layers, sums, counts):
-            term = total / count
-            stats[f"energy/{layer.name}"] = term
-            if layer.role == "output":
-                output += self.lambda_output * term
-            else:
-                hidden += self.lambda_hidden * term
-        stats.update(hidden=hidden, output=output, total=hidden + output)
-        return stats
+        return self.weighted_stats([(layer, total / count) for layer, total, count in zip(self.layers, sums, counts)],
+                                   "energy")
 
     def extra_repr(self) -> str:
         plan = ", ".join(f"{len(g.layers)}x{list(g.layers[0].shape)}{'/proj' if g.projected else ''}"

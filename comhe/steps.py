@@ -34,7 +34,9 @@ class EagerStep:
         s = self.s
         for group in s.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(s.device.type, s.amp_dtype or torch.float32, enabled=s.amp_dtype is not None):
+        # cache_enabled=False: a graph must not capture autocast's weight-cast cache (torch.cuda.graphs docs)
+        with torch.autocast(s.device.type, s.amp_dtype or torch.float32, enabled=s.amp_dtype is not None,
+                            cache_enabled=False):
             logits = s.net(x)
             task = s.loss_fn(logits, y)
         reg_loss, _ = s.reg(lr=lr, stats=False)
@@ -64,6 +66,8 @@ class GraphStep(EagerStep):
         super().__init__(setup)
         if setup.device.type != "cuda":
             raise ValueError("cuda_graph: true needs a CUDA device")
+        if setup.ctx.enabled:
+            raise ValueError("cuda_graph: true is single-process only (DDP's all-reduce is not captured here)")
         self.done = 0
         self.graphs: Dict[float, torch.cuda.CUDAGraph] = {}
         self.outputs: Dict[float, Tuple[Tensor, Tensor, Tensor]] = {}

@@ -18,7 +18,6 @@ MFU; a full CNN-9 CoMHE run <= 3 min; >= 2x aggregate throughput with 4 ResNet-3
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from typing import Dict, List
 import torch
 
 from .. import config, engine
+from . import write_csv
 from .flops import forward_flops, peak_flops
 from .shapes import synthetic_bundle
 
@@ -136,16 +136,6 @@ def worker(args) -> None:
         time_steps(s, 10)
         steps += 10
     print(f"RATE {steps * 128 / (time.perf_counter() - begin):.1f}", flush=True)
-
-
-def write_csv(path: Path, rows: List[Dict]) -> None:
-    fields: List[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def main(argv=None) -> None:

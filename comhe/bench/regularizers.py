@@ -11,11 +11,9 @@ projection), to show what batching saves. Goals (library issue): RP-CoMHE (C=20,
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Callable, Dict, List
 
 import torch
@@ -23,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import regularizers
 from ..layers import find_layers
+from . import write_csv
 from .shapes import STACKS
 
 GOALS = {("rp_comhe", "cnn9"): 700, ("rp_comhe", "resnet56"): 1000, ("hs_mhe", "cnn9"): 500,
@@ -119,13 +118,7 @@ def main(argv: List[str] = None) -> List[Dict[str, object]]:
     for r in rows:
         print(f"{r['stack']:<9} {r['regularizer']:<12} {r['impl']:<20} {r['ops']:>9} {str(r['goal_ops']):>6} "
               f"{r['cpu_ms']:>9.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out}")
+    print(f"wrote {write_csv(args.out, rows)}")
     return rows
 
 

@@ -7,14 +7,13 @@ CIFAR-shaped synthetic data, for the baseline and each CoMHE regulariser.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from .. import config, engine
+from . import write_csv
 from .shapes import synthetic_bundle
 
 
@@ -51,12 +50,7 @@ def main(argv=None):
     print(f"\n{'model':<12} {'regularizer':<11} {'step ms':>8} {'images/s':>9}")
     for r in rows:
         print(f"{r['model']:<12} {r['regularizer']:<11} {r['step_ms']:>8.1f} {r['images_per_s']:>9.0f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
     return rows
 
 
