@@ -70,9 +70,12 @@ def normalize(images: Tensor) -> Tensor:
     return images.float().sub_(127.5).div_(128.0)  # in place on the fresh float copy: one allocation
 
 
-def eval_batches(images: Tensor, labels: Tensor, batch_size: int) -> Iterator[Tuple[Tensor, Tensor]]:
-    """In-order, unaugmented, normalised batches ``(x float32 [b, C, H, W], y int64 [b])``; the last may be short."""
-    for start in range(0, images.shape[0], batch_size):
+def eval_batches(images: Tensor, labels: Tensor, batch_size: int, rank: int = 0,
+                 world_size: int = 1) -> Iterator[Tuple[Tensor, Tensor]]:
+    """In-order, unaugmented, normalised batches ``(x float32 [b, C, H, W], y int64 [b])``; the last may be short.
+
+    With ``world_size > 1``, batch ``i`` of the single-process sequence goes to rank ``i % world_size``."""
+    for start in range(rank * batch_size, images.shape[0], batch_size * world_size):
         yield normalize(images[start:start + batch_size]), labels[start:start + batch_size]
 
 
@@ -159,7 +162,9 @@ class LoaderStream:
     """The ``TensorLoader`` interface over a ``DataLoader`` (ImageNet): unbounded and resumable mid-epoch.
 
     The order of epoch ``e`` is the ``DistributedSampler``'s for ``(seed, e)``; resuming at step ``k`` of an epoch
-    skips its first ``k`` batches of *indices* (no image is decoded for them).
+    skips its first ``k`` batches of *indices* (no image is decoded for them). With ``num_workers=0`` the random
+    crops come from the global torch RNG, which checkpoints hold, so a resumed run sees bitwise the same batches;
+    with workers, each worker's RNG restarts at a resume, so the crops after it differ (same distribution).
     """
 
     def __init__(self, dataset, batch_size: int, sampler, seed: int, **loader_args):
@@ -177,7 +182,11 @@ class LoaderStream:
         from torch.utils.data import DataLoader
         self.sampler.set_epoch(self.epoch)
         indices = list(self.sampler)[self.step * self.batch_size:self.steps_per_epoch * self.batch_size]
-        loader = DataLoader(self.dataset, self.batch_size, sampler=indices, drop_last=True, **self.loader_args)
+        # Its own generator: DataLoader.__iter__ draws a base seed, and from the global RNG that draw would shift
+        # the random crops after a mid-epoch resume (whose loader is built at a later point of the stream).
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        loader = DataLoader(self.dataset, self.batch_size, sampler=indices, drop_last=True, generator=generator,
+                            **self.loader_args)
         self._iter = iter(loader)
 
     def next_batch(self) -> Tuple[Tensor, Tensor]:

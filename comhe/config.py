@@ -63,7 +63,7 @@ class ConfigError(ValueError):
 
 def _closest(key: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
-    return f" (closest: {', '.join(close)})" if close else f"; valid: {', '.join(valid)}"
+    return f" (closest: {', '.join(close)})" if close else f"; valid: {', '.join(valid) or '(none)'}"
 
 
 def _type_ok(value: Any, default: Any) -> bool:

@@ -1,6 +1,7 @@
 """Datasets by name: ``build(name, root=None, device="cpu", download=True, **options) -> DataBundle``.
 
-Root: the argument, else ``$COMHE_DATA``, else ``./data``. Registered names (``DATASETS.names()``):
+Root: the argument, else ``$COMHE_DATA``, else ``./data``. ``COMHE_OFFLINE=1`` turns downloads off (a missing
+dataset then fails at once instead of after network timeouts). Registered names (``DATASETS.names()``):
 
 =====================  ======  ==============================================================================
 name                   kind    source
@@ -15,7 +16,7 @@ name                   kind    source
 "tensor" bundles hold the whole dataset on ``device`` as uint8 ``[N, C, H, W]`` and stream batches with
 ``comhe.augment.TensorLoader`` (official augmentation, see there); "loader" bundles stream from disk with a
 ``DataLoader``. Both kinds give ``train_loader(batch_size, seed, rank=0, world_size=1, augment=True)`` and
-``test_loader(batch_size)`` yielding ``(x float32 [B, C, H, W], y int64 [B])``. Any failure to find or verify data
+``test_loader(batch_size, rank=0, world_size=1)`` yielding ``(x float32 [B, C, H, W], y int64 [B])``. Any failure to find or verify data
 raises ``DatasetUnavailable`` with a one-line message saying which file to put where.
 """
 from __future__ import annotations
@@ -56,7 +57,8 @@ class DataBundle:
     num_train: int
     num_test: int
     train_loader: Callable[..., Iterable]   # (batch_size, seed, rank=0, world_size=1, augment=True)
-    test_loader: Callable[[int], Iterable]  # (batch_size); in order, unaugmented; iterate once per call
+    test_loader: Callable[..., Iterable]    # (batch_size, rank=0, world_size=1): in order, unaugmented; batch i
+                                            # goes to rank i % world_size; iterate once per call
     classes: Optional[List[str]] = None
     train_images: Optional[Tensor] = None   # uint8 [N, C, H, W] on device
     train_labels: Optional[Tensor] = None   # int64 [N]
@@ -90,7 +92,8 @@ def tensor_bundle(name: str, train: tuple, test: tuple, num_classes: int, device
         return TensorLoader(xtr, ytr, batch_size, augment=augment, seed=seed, rank=rank, world_size=world_size)
 
     return DataBundle(name, "tensor", num_classes, xtr.shape[1], xtr.shape[-1], len(ytr), len(yte), train_loader,
-                      lambda batch_size: eval_batches(xte, yte, batch_size), classes, xtr, ytr, xte, yte)
+                      lambda batch_size, rank=0, world_size=1: eval_batches(xte, yte, batch_size, rank, world_size),
+                      classes, xtr, ytr, xte, yte)
 
 
 # ---- CIFAR ------------------------------------------------------------------------------------------------------
@@ -102,8 +105,40 @@ def _corrupt_cifar_files(cls, root: Path) -> List[str]:
     return [name for name, md5 in entries if not check_integrity(str(root / cls.base_folder / name), md5)]
 
 
+def _offline() -> bool:
+    """``COMHE_OFFLINE=1``: never touch the network (air-gapped nodes, tests), so a missing dataset fails at once."""
+    return os.environ.get("COMHE_OFFLINE", "").lower() not in ("", "0", "false", "no")
+
+
+def extract_tar(archive: Path, to: Path) -> None:
+    """Extract a tar archive into ``to``, refusing it whole if any member would land outside ``to`` (absolute
+    path, ``..``, a link pointing out) or is a device: Python's ``filter="data"`` checks, applied to every member
+    before anything is written. torchvision's ``extract_archive`` calls ``extractall`` unfiltered, which on Python <
+    3.14 writes wherever the member names say.
+    """
+    import tarfile
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member, to)
+            tar.extractall(to, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except (tarfile.TarError, ValueError) as err:
+        raise DatasetUnavailable(f"{archive} was not extracted: {err}; delete it and download it again") from None
+
+
+def _check_member(member, to: Path) -> None:
+    import tarfile
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.12, 3.11.4, 3.10.12, 3.9.17
+        tarfile.data_filter(member, str(to))  # raises tarfile.FilterError (a TarError) naming the member
+        return
+    target = (to / member.name).resolve()  # older Pythons: regular files and folders inside ``to`` only
+    if not (member.isfile() or member.isdir()) or not target.is_relative_to(to.resolve()):
+        raise ValueError(f"unsafe member {member.name!r}")
+
+
 def _ensure_cifar(cls, root: Path, download: bool) -> None:
-    from torchvision.datasets.utils import calculate_md5, check_integrity, extract_archive
+    from torchvision.datasets.utils import calculate_md5, check_integrity, download_url
     bad = _corrupt_cifar_files(cls, root)
     if not bad:
         return
@@ -111,18 +146,18 @@ def _ensure_cifar(cls, root: Path, download: bool) -> None:
     hint = (f"put {cls.filename} (md5 {cls.tgz_md5}) in {root}, or the extracted {cls.base_folder}/ folder"
             + (f" (in the one there, {', '.join(bad)} are missing or fail the md5 check)"
                if (root / cls.base_folder).is_dir() else ""))
-    if archive.is_file():
-        if not check_integrity(str(archive), cls.tgz_md5):
-            raise DatasetUnavailable(f"{archive} has md5 {calculate_md5(str(archive))}, expected {cls.tgz_md5} "
-                                     f"(incomplete or wrong file): delete it and {hint}")
-        extract_archive(str(archive), str(root))
-    elif not download:
-        raise DatasetUnavailable(f"{cls.base_folder} missing or incomplete in {root} and download=False: {hint}")
-    else:
-        try:  # torchvision's own path: download, md5 check of the archive, extraction
-            cls(str(root), train=True, download=True)
+    if not archive.is_file():
+        if not download or _offline():
+            why = "download=False" if not download else "downloads are off (COMHE_OFFLINE is set)"
+            raise DatasetUnavailable(f"{cls.base_folder} missing or incomplete in {root} and {why}: {hint}")
+        try:  # torchvision's download, which checks the archive's md5; extraction is ours (extract_tar)
+            download_url(cls.url, str(root), cls.filename, cls.tgz_md5)
         except (urllib.error.URLError, OSError, RuntimeError) as err:
             raise DatasetUnavailable(f"could not download {cls.url} ({type(err).__name__}: {err}); {hint}") from err
+    if not check_integrity(str(archive), cls.tgz_md5):
+        raise DatasetUnavailable(f"{archive} has md5 {calculate_md5(str(archive))}, expected {cls.tgz_md5} "
+                                 f"(incomplete or wrong file): delete it and {hint}")
+    extract_tar(archive, root)
     bad = _corrupt_cifar_files(cls, root)
     if bad:
         raise DatasetUnavailable(f"{', '.join(bad)} in {root / cls.base_folder} failed the md5 check: {hint}")
@@ -193,7 +228,8 @@ def _fashion_mnist(root: Path, device: torch.device, download: bool) -> DataBund
         return tensor_bundle("fashion_mnist", (xtr[:, None], ytr), (xte[:, None], yte), 10, device,
                              list(FashionMNIST.classes))
     try:
-        splits = [FashionMNIST(str(root), train=train, download=download) for train in (True, False)]
+        splits = [FashionMNIST(str(root), train=train, download=download and not _offline())
+                  for train in (True, False)]
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         raise DatasetUnavailable(f"Fashion-MNIST not found ({type(err).__name__}: {err}); put {', '.join(files)} in "
                                  f"{FASHION_MNIST_SYSTEM_DIR} or {root / 'FashionMNIST' / 'raw'}") from err
@@ -243,8 +279,12 @@ def _imagenet_bundle(name: str, top: Path, device: torch.device, image_size: int
                                      drop_last=True)
         return LoaderStream(data, batch_size, sampler, seed, **loader_args)
 
-    def test_loader(batch_size: int):
-        return DataLoader(test, batch_size, shuffle=False, **loader_args)
+    def test_loader(batch_size: int, rank: int = 0, world_size: int = 1):
+        # Each rank decodes only its own batches (i % world_size == rank). A fixed generator: DataLoader.__iter__
+        # draws a base seed, which must not come from the global RNG (an evaluation would shift the training's crops).
+        batches = range(rank, -(-len(test) // batch_size), world_size)
+        mine = [j for b in batches for j in range(b * batch_size, min((b + 1) * batch_size, len(test)))]
+        return DataLoader(test, batch_size, sampler=mine, generator=torch.Generator(), **loader_args)
 
     return DataBundle(name, "loader", len(train.classes), 3, image_size, len(train), len(test), train_loader,
                       test_loader, list(train.classes))

@@ -6,7 +6,9 @@ process group uses NCCL on CUDA and gloo on the CPU. Each rank trains on its sha
 so CPU multi-process runs keep per-rank BN statistics, documented in the README). The regulariser acts on the
 unwrapped model, identically on every rank: its random projections come from a generator seeded with the run's seed,
 so all ranks draw the same matrices (otherwise the averaged gradient would mix different projections). Only rank 0
-writes records and checkpoints.
+writes records and checkpoints; every rank reads the checkpoint to resume from, so the run directory must be on a
+filesystem all ranks share (one node: always). Decisions that end the loop (divergence, a stop signal, a run locked
+by another process) are taken from values reduced over the ranks, so every rank takes the same branch.
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ def init(device_type: str) -> DistContext:
     if world_size <= 1:
         return DistContext()
     ctx = DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device_type == "cuda":  # else every rank's NCCL collectives outside DDP (barrier, broadcast) use GPU 0
+        torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return ctx
@@ -47,6 +51,24 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def any_rank(flag: bool, ctx: DistContext, device) -> bool:
+    """True on every rank if ``flag`` is true on any: for decisions all ranks must take together (a stop signal
+    that reached only some ranks)."""
+    if not ctx.enabled:
+        return flag
+    box = torch.tensor(float(flag), device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
+def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Rank 0's buffers (BN running statistics) on every rank. DDP broadcasts them at the start of each forward,
+    so after a step every other rank holds its own update of the previous ones (without SyncBatchNorm: CPU)."""
+    if ctx.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier(ctx: DistContext) -> None:

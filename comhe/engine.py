@@ -25,7 +25,7 @@ from . import checkpoint, data, distributed, models, regularizers, steps
 from .energy import layer_energies
 from .layers import find_layers
 from .losses import LOSSES
-from .records import RunDir, environment
+from .records import RunDir, RunLocked, environment
 from .seeding import rng_state, seed_everything, set_rng_state
 
 
@@ -53,7 +53,13 @@ class Setup:
 def resolve_device(cfg: Mapping[str, Any], ctx: distributed.DistContext) -> torch.device:
     if cfg["device"] == "auto":
         return torch.device(f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(cfg["device"])
+    try:
+        device = torch.device(cfg["device"])
+    except RuntimeError:
+        raise ValueError(f"device {cfg['device']!r} is not a torch device: use auto, cpu, cuda or cuda:<n>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():  # else a traceback from deep inside .to()
+        raise ValueError(f"device {cfg['device']!r} but this machine has no usable CUDA device: use device=auto "
+                         "or device=cpu")
     if device.type == "cuda" and ctx.enabled:
         device = torch.device(f"cuda:{ctx.local_rank}")
     return device
@@ -128,14 +134,13 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
 
 
 def evaluate(s: Setup) -> float:
-    """Test error % on the full test set, BN in eval mode; batches are split over DDP ranks and summed."""
+    """Test error % on the full test set, BN in eval mode; each DDP rank evaluates its share of the batches."""
+    distributed.broadcast_buffers(s.model, s.ctx)  # every rank evaluates with rank 0's BN statistics
     s.model.eval()
     correct = torch.zeros((), device=s.device, dtype=torch.float64)
     count = torch.zeros((), device=s.device, dtype=torch.float64)
     with torch.no_grad(), torch.autocast(s.device.type, s.amp_dtype or torch.float32, enabled=s.amp_dtype is not None):
-        for i, (x, y) in enumerate(s.bundle.test_loader(s.cfg["eval_batch_size"])):
-            if i % s.ctx.world_size != s.ctx.rank:
-                continue
+        for x, y in s.bundle.test_loader(s.cfg["eval_batch_size"], s.ctx.rank, s.ctx.world_size):
             x, y = _to_device(x, y, s)
             correct += (s.model(x).argmax(1) == y).sum()
             count += y.numel()
@@ -165,11 +170,38 @@ def _restore(s: Setup, state: Dict[str, Any]):
     s.loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])
     window = {k: v.to(s.device) for k, v in state["window"].items()}
+    if s.ctx.enabled:  # a _global_window: rank 0 carries it, scaled back to the per-rank sums it is divided from
+        window = {k: v * s.ctx.world_size if k in PER_STEP else v for k, v in window.items()} if s.ctx.is_main \
+            else _new_window(s.device)
     return state["iteration"], window, dict(state["best"]), float(state["elapsed"])
 
 
 def _new_window(device) -> Dict[str, torch.Tensor]:
     return {k: torch.zeros((), device=device, dtype=torch.float64) for k in ("loss", "correct", "reg", "seen", "steps")}
+
+
+PER_STEP = ("loss", "reg", "steps")  # window sums with one term per rank and step; "correct", "seen" count images
+
+
+def _global_window(window: Dict[str, torch.Tensor], ctx: distributed.DistContext) -> Dict[str, torch.Tensor]:
+    """The window summed over DDP ranks (each accumulates its own shard), the same on every rank. The per-step sums
+    are divided by the world size (a step's loss is the ranks' mean), so a saved window resumes at any world size."""
+    if not ctx.enabled:
+        return window
+    keys = sorted(window)
+    total = dict(zip(keys, distributed.all_reduce_sum(torch.stack([window[k] for k in keys]), ctx).unbind()))
+    return {k: v / ctx.world_size if k in PER_STEP else v for k, v in total.items()}
+
+
+STOP_SYNC_EVERY = 20  # DDP: iterations between agreements on a stop signal (an all-reduce and a host sync each)
+
+
+def _stop_agreed(stop: "_StopRequest", iteration: int, s: Setup) -> bool:
+    """Whether to checkpoint and stop now; under DDP all ranks decide together (a signal may reach one rank, or
+    reach them at different iterations), else the others would wait in the next step's all-reduce forever."""
+    if not s.ctx.enabled:
+        return stop.requested
+    return iteration % STOP_SYNC_EVERY == 0 and distributed.any_rank(stop.requested, s.ctx, s.device)
 
 
 def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_error: float,
@@ -225,8 +257,14 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[Setup] = Non
         return run.read_final()
     s = setup or prepare(cfg)
     main = s.ctx.is_main
+    held_by_other = None
     if main:
-        run.lock()
+        try:
+            run.lock()
+        except RunLocked as err:
+            held_by_other = err
+    if distributed.any_rank(held_by_other is not None, s.ctx, s.device):  # all ranks stop, not only rank 0
+        raise held_by_other or RunLocked(f"{run.path} is being trained by another process")
     try:
         return _train_locked(s, run, main, report)
     finally:
@@ -239,6 +277,7 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     if run.status() == "done":  # finished by another process while we waited for the data
         return run.read_final()
     if main:
+        run.remove_temp_files()  # left by a process killed inside a write; we hold the lock, nobody owns them
         run.write_config(cfg)
     state = checkpoint.load_latest(run.checkpoint_dir, map_location=s.device) if run.checkpoint_dir.exists() else None
     iteration, window, best, elapsed = 0, _new_window(s.device), {"test_error": math.inf, "iteration": -1}, 0.0
@@ -278,13 +317,17 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
             window["seen"] += y.numel()
             window["steps"] += 1
             if iteration % cfg["eval_every"] == 0 or iteration == cfg["iterations"]:
+                window = _global_window(window, s.ctx)  # all ranks see the same sums: they take the same branch
                 if not math.isfinite(window["loss"].item() + window["reg"].item()):
                     return _finish(s, run, main, iteration, best, clock(), diverged=True, last_row=final_row)
                 final_row = log_eval(iteration)
                 window = _new_window(s.device)
-            if main and (iteration % cfg["checkpoint_every"] == 0 or stop.requested):
-                checkpoint.save(run.checkpoint_dir, iteration, _state(s, iteration, window, best, clock()))
-            if stop.requested:
+            stopping = _stop_agreed(stop, iteration, s)
+            if iteration % cfg["checkpoint_every"] == 0 or stopping:
+                saved = _global_window(window, s.ctx)  # a collective: every rank takes this branch
+                if main:
+                    checkpoint.save(run.checkpoint_dir, iteration, _state(s, iteration, saved, best, clock()))
+            if stopping:
                 distributed.barrier(s.ctx)
                 raise Preempted(f"stopped by a signal at iteration {iteration}; relaunch to resume")
     images = (iteration - start_iteration) * cfg["batch_size"]

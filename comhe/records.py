@@ -113,6 +113,28 @@ class RunDir:
             self._lock_file.close()
             self._lock_file = None
 
+    def check_writable(self) -> None:
+        """Raise ``OSError`` unless the run directory can be created and written, without creating it (a run that
+        fails before training leaves no directory): creates its parent (the runs root) and writes a probe there."""
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(20, "exists and is not a directory", str(self.path))
+        where = self.path if self.path.is_dir() else self.path.parent
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".write-probe{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+
+    def remove_temp_files(self) -> List[str]:
+        """Delete the temporary files of atomic writes killed midway (``.<name>.tmp<pid>``); returns their names.
+
+        Call with the lock held, so that no live writer owns them. They never shadow a record (readers only open
+        final names) but would pile up, one per kill, next to checkpoints of hundreds of MB.
+        """
+        stale = [p for folder in (self.path, self.checkpoint_dir) if folder.is_dir() for p in folder.glob(".*.tmp*")]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return [p.name for p in stale]
+
     # --- records
     def write_config(self, cfg: Mapping[str, Any]) -> None:
         atomic_write(self.config_path, yaml.safe_dump(dict(cfg), sort_keys=False))

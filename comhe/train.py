@@ -6,8 +6,11 @@
 
 The run directory defaults to ``<runs-root>/<label>-s<seed>-<config hash>`` (``records.run_name``). Progress is a
 tqdm bar on a terminal, else one fixed-column line per evaluation. Exit codes: 0 done (or already done), 2 bad
-config or missing data (nothing written), 3 the run is being trained by another process, 4 diverged, 143 stopped by
-a signal after checkpointing (relaunch to resume).
+config, missing data or an unwritable run directory (one ``error:`` line; the run directory is not created), 3 the
+run is being trained by another process, 4 diverged, 143 stopped by a signal after checkpointing (relaunch to
+resume). Under torchrun these are each worker's codes: torchrun itself exits 1 when any worker fails, so scripts
+read the run's ``final.json`` (or its absence) rather than torchrun's exit code. ``COMHE_OFFLINE=1`` disables
+dataset downloads.
 """
 from __future__ import annotations
 
@@ -47,7 +50,8 @@ def tqdm_reporter(total: int) -> Callable[[Dict[str, Any]], None]:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    one_line = " ".join(str(message).split())  # messages quoting library errors may carry newlines
+    print(f"error: {one_line}", file=sys.stderr)
     return code
 
 
@@ -73,14 +77,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if RunDir(run_dir).status() == "done":
         print(f"{run_dir}: already finished, not retrained")
         return 0
+    try:  # before the data is loaded (maybe downloaded), and without creating the run directory itself
+        RunDir(run_dir).check_writable()
+    except OSError as err:
+        return _fail(_unwritable(run_dir, err), 2)
     import torch
     ctx = distributed.init("cuda" if cfg["device"].startswith("cuda") or (
         cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         setup = engine.prepare(cfg, ctx)
-    except DatasetUnavailable as err:
-        return _fail(str(err), 2)
-    except ValueError as err:  # options the config schema cannot see (e.g. a regulariser on this model)
+    except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)
+        distributed.shutdown(ctx)
         return _fail(str(err), 2)
     report = None
     if ctx.is_main and args.progress != "none":
@@ -97,17 +104,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     except engine.Preempted as err:
         print(str(err), file=sys.stderr)
         return 143
-    except PermissionError as err:
-        return _fail(f"cannot write the run's records ({err}); choose a writable --runs-root or --run-dir", 2)
+    except (PermissionError, NotADirectoryError, FileExistsError) as err:  # e.g. the disk became read-only
+        return _fail(_unwritable(run_dir, err), 2)
     finally:
         distributed.shutdown(ctx)
     if final["status"] == "diverged":
-        print(f"{run_dir}: diverged (non-finite loss) by iteration {final['diverged_at']}: N/C")
+        if ctx.is_main:
+            print(f"{run_dir}: diverged (non-finite loss) by iteration {final['diverged_at']}: N/C")
         return 4
     if ctx.is_main:
         print(f"{run_dir}: final test error {final['final_test_error']:.2f}% "
               f"(best {final['best_test_error']:.2f}% at {final['best_iteration']}), {final['wall_time_s']:.0f} s")
     return 0
+
+
+def _unwritable(run_dir: Path, err: OSError) -> str:
+    return (f"cannot write the run directory {run_dir} ({err.strerror or err}: {err.filename}); "
+            "choose a writable --runs-root or --run-dir")
 
 
 if __name__ == "__main__":
