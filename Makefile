@@ -9,6 +9,15 @@ STAMP    := $(VENV)/.installed-$(shell cat requirements/ci.txt pyproject.toml | 
 .PHONY: venv test test-slow bench help clean
 
 help:
+	@echo "make table1        reproduce a paper table (table1 ... table9) -> results/table1.{csv,md,tex}, figures/table1.png"
+	@echo "make fig1 / fig2   the paper's figures -> figures/fig1.{png,pdf}"
+	@echo "make tables        every table; make figures: both figures; make report: render all, train nothing"
+	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes)"
+	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~15 min)"
+	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 DRY=1 (list runs, train nothing) COLLECT=1"
+	@echo "           (render only) LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
+	@echo "           RESULTS=results FIGURES=figures, and config overrides"
+	@echo "           as key=value (lr=0.05 reg.proj_dim=30) or ARGS='key=value ...'"
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
 	@echo "make bench         regulariser op counts and CPU timings (BENCHMARKS.md)"
 
@@ -35,3 +44,48 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
+
+# ---- reproduction: run experiments/<target>.yaml -> collect run records -> render tables and figures ----------------
+PROFILE  ?= paper
+SEEDS    ?=
+JOBS     ?= 1
+SLURM    ?=
+LAUNCHER ?= local
+RESULTS  ?= results
+FIGURES  ?= figures
+ARGS     ?=
+# Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
+# `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
+OWN_VARS  := PROFILE SEEDS JOBS DRY COLLECT LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP
+SPACE     := $(subst ,, )
+CMDLINE   := $(subst \$(SPACE),^,$(MAKEOVERRIDES))  # make escapes a space inside a value as "\ "
+OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(a)))),,'$(subst ^,$(SPACE),$(a))'))
+RUN_FLAGS  = --profile $(PROFILE) --jobs $(JOBS) --launcher $(LAUNCHER) --results $(RESULTS) --figures $(FIGURES) \
+             $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \
+             $(if $(SLURM),--slurm $(SLURM))
+EXPERIMENTS := table1 table2 table3 table4 table5 table6 table7 table8 table9 fig1 fig2
+
+.PHONY: $(EXPERIMENTS) tables figures report smoke demo
+
+$(EXPERIMENTS): $(STAMP)
+	$(PYTHON) -m comhe.run $@ $(RUN_FLAGS)
+
+tables: $(STAMP)
+	$(PYTHON) -m comhe.run tables $(RUN_FLAGS)
+
+figures: $(STAMP)
+	$(PYTHON) -m comhe.run figures $(RUN_FLAGS)
+
+report: $(STAMP)
+	$(PYTHON) -m comhe.run all $(RUN_FLAGS) --collect-only
+
+# Every table and figure, CPU, synthetic data in the real formats, 2 seeds: every code path in a few minutes.
+smoke: JOBS = 2
+smoke: PROFILE = smoke
+smoke: $(STAMP)
+	$(PYTHON) -m comhe.run all $(RUN_FLAGS)
+
+# Real Fashion-MNIST on the CPU (experiments/demo.yaml): two workers, one per core.
+demo: JOBS = 2
+demo: $(STAMP)
+	$(PYTHON) -m comhe.run demo $(RUN_FLAGS)
