@@ -36,30 +36,44 @@ from .shapes import synthetic_bundle
 REGULARIZERS = ["none", "mhe", "hs_mhe", "rp_comhe", "ap_comhe", "adv_comhe", "g_comhe", "orthogonal", "srip"]
 MODELS = {"cnn9": {"model": "cnn9", "dataset": "cifar100"}, "resnet32": {"model": "resnet32", "dataset": "cifar100",
                                                                        "loss": "cross_entropy"}}
+# --self-test: the same code on the CPU at toy sizes, so the script's plumbing is tested without a GPU.
+SELF_TEST = {"model_options": {"cnn9": {"width": 0.5}, "resnet32": {}}, "train": 512, "test": 256, "batch": 16}
 
 
-def make_setup(model_key: str, regularizer: str, mode: str, bundle, batch: int = 128):
-    cfg = config.resolve(base={**MODELS[model_key], "regularizer": regularizer, "batch_size": batch,
-                               "cuda_graph": mode == "cuda_graph", "compile": mode == "compile"})
-    return engine.prepare(cfg, bundle=bundle)
+def make_setup(model_key: str, regularizer: str, mode: str, bundle, batch: int = 128, self_test: bool = False):
+    base = {**MODELS[model_key], "regularizer": regularizer, "batch_size": batch, "cuda_graph": mode == "cuda_graph",
+            "compile": mode == "compile", "device": str(bundle.train_images.device)}
+    if self_test:
+        base.update(model_options=SELF_TEST["model_options"][model_key], eval_batch_size=128, threads=1)
+    return engine.prepare(config.resolve(base=base), bundle=bundle)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_steps(setup, steps: int) -> float:
-    """Seconds per step over ``steps`` steps (CUDA-synchronised at both ends)."""
+    """Seconds per step over ``steps`` steps (synchronised with the device at both ends)."""
     lr = setup.cfg["lr"]
     batches = [setup.loader.next_batch() for _ in range(4)]
-    torch.cuda.synchronize()
+    sync(setup.device)
     start = time.perf_counter()
     for i in range(steps):
         x, y = batches[i % len(batches)]
         setup.step(x, y, lr)
-    torch.cuda.synchronize()
+    sync(setup.device)
     return (time.perf_counter() - start) / steps
 
 
-def step_table(bundle, models: List[str], regs: List[str], modes: List[str], steps: int, rounds: int) -> List[Dict]:
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def step_table(bundle, models: List[str], regs: List[str], modes: List[str], steps: int, rounds: int,
+               batch: int = 128, self_test: bool = False) -> List[Dict]:
     device = bundle.train_images.device
-    peak = peak_flops(torch.cuda.get_device_name(device))
+    peak = peak_flops(device_name(device))
     rows, setups = [], {}
     for model_key in models:
         for reg in regs:
@@ -68,8 +82,8 @@ def step_table(bundle, models: List[str], regs: List[str], modes: List[str], ste
                     continue  # compile time is minutes per configuration: only the two the goals name
                 key = (model_key, reg, mode)
                 try:
-                    s = make_setup(model_key, reg, mode, bundle)
-                    time_steps(s, 8)  # warm-up: graph capture, compilation, cuDNN autotuning
+                    s = make_setup(model_key, reg, mode, bundle, batch, self_test)
+                    time_steps(s, 2 if self_test else 8)  # warm-up: graph capture, compilation, cuDNN autotuning
                     setups[key] = s
                 except Exception as err:  # record and go on: one broken mode must not hide the others
                     rows.append({"model": model_key, "regularizer": reg, "mode": mode, "error": repr(err)[:200]})
@@ -88,30 +102,34 @@ def step_table(bundle, models: List[str], regs: List[str], modes: List[str], ste
         model_key, reg, mode = key
         t = statistics.median(times)
         base = samples.get((model_key, "none", mode)) or [float("nan")]
-        achieved = flops[model_key] * 128 / t
-        rows.append({"model": model_key, "regularizer": reg, "mode": mode, "step_ms": 1e3 * t,
-                     "ratio_to_baseline": t / statistics.median(base), "images_per_s": 128 / t,
+        achieved = flops[model_key] * batch / t
+        rows.append({"model": model_key, "regularizer": reg, "mode": mode, "batch": batch, "step_ms": 1e3 * t,
+                     "ratio_to_baseline": t / statistics.median(base), "images_per_s": batch / t,
                      "mfu_percent": 100 * achieved / peak if peak else "", "error": ""})
     return rows
 
 
-def protocol_time(bundle, mode: str, step_ms: float) -> Dict:
-    s = make_setup("cnn9", "rp_comhe", mode, bundle)
+def protocol_time(bundle, mode: str, step_ms: float, self_test: bool = False) -> Dict:
+    """A full CNN-9 run: 75k steps at the measured step time + 151 evaluations of the test set (timed once)."""
+    s = make_setup("cnn9", "rp_comhe", mode, bundle, self_test=self_test)
     engine.evaluate(s)
-    torch.cuda.synchronize()
+    sync(s.device)
     start = time.perf_counter()
     engine.evaluate(s)
-    eval_s = time.perf_counter() - start
+    eval_s = (time.perf_counter() - start) * 10000 / bundle.num_test  # per 10k test images
     total = 75000 * step_ms / 1e3 + 151 * eval_s
     return {"mode": mode, "step_ms": step_ms, "eval_s": eval_s, "full_run_min": total / 60}
 
 
-def concurrency(jobs_list: List[int], duration: float, mode: str) -> List[Dict]:
+def concurrency(jobs_list: List[int], duration: float, mode: str, self_test: bool = False,
+                warmup_s: float = 40) -> List[Dict]:
+    """Aggregate images/s of ``jobs`` ResNet-32 worker processes training at the same time on one device."""
     rows = []
     for jobs in jobs_list:
-        start_at = time.time() + 40 + 2 * jobs  # every worker starts timing at the same moment, after its warm-up
+        start_at = time.time() + warmup_s + 2 * jobs  # every worker starts timing at once, after its warm-up
+        extra = ["--self-test"] if self_test else []
         procs = [subprocess.Popen([sys.executable, "-m", "comhe.bench.gpu", "--worker", "--mode", mode,
-                                   "--start-at", str(start_at), "--duration", str(duration)],
+                                   "--start-at", str(start_at), "--duration", str(duration)] + extra,
                                   stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
         rates = []
         for p in procs:
@@ -126,16 +144,18 @@ def concurrency(jobs_list: List[int], duration: float, mode: str) -> List[Dict]:
 
 
 def worker(args) -> None:
-    device = torch.device("cuda")
-    s = make_setup("resnet32", "none", args.mode, synthetic_bundle(device, train=5000, test=1000))
-    time_steps(s, 10)
+    device = torch.device("cpu" if args.self_test else "cuda")
+    batch, chunk = (SELF_TEST["batch"], 1) if args.self_test else (128, 10)
+    bundle = synthetic_bundle(device, train=SELF_TEST["train"] if args.self_test else 5000, test=256)
+    s = make_setup("resnet32", "none", args.mode, bundle, batch, args.self_test)
+    time_steps(s, chunk)
     while time.time() < args.start_at:
         time.sleep(0.01)
     steps, begin = 0, time.perf_counter()
     while time.perf_counter() - begin < args.duration:
-        time_steps(s, 10)
-        steps += 10
-    print(f"RATE {steps * 128 / (time.perf_counter() - begin):.1f}", flush=True)
+        time_steps(s, chunk)
+        steps += chunk
+    print(f"RATE {steps * batch / (time.perf_counter() - begin):.1f}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -147,21 +167,28 @@ def main(argv=None) -> None:
     p.add_argument("--mode", default="eager", help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--duration", type=float, default=15.0, help=argparse.SUPPRESS)
+    p.add_argument("--self-test", action="store_true",
+                   help="run every part on the CPU at toy sizes (tests the script; its numbers mean nothing)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        sys.exit("bench-gpu needs a CUDA device (this machine has none); `make bench` measures the CPU side")
     if args.worker:
         return worker(args)
+    if not torch.cuda.is_available() and not args.self_test:
+        sys.exit("bench-gpu needs a CUDA device (this machine has none); `make bench` measures the CPU side")
     t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
+    device = torch.device("cpu" if args.self_test else "cuda")
+    name = device_name(device)
     print(f"# {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, {time.strftime('%Y-%m-%d %H:%M')}")
-    bundle = synthetic_bundle(device)
-    regs = ["none", "hs_mhe", "rp_comhe", "ap_comhe"] if args.quick else REGULARIZERS
-    modes = ["eager", "cuda_graph"] if args.quick else ["eager", "cuda_graph", "compile"]
-    rows = step_table(bundle, list(MODELS), regs, modes, steps=20 if args.quick else 50, rounds=3 if args.quick else 5)
+    if args.self_test:
+        bundle = synthetic_bundle(device, train=SELF_TEST["train"], test=SELF_TEST["test"])
+        regs, modes, steps, rounds, batch = ["none", "rp_comhe"], ["eager"], 2, 2, SELF_TEST["batch"]
+    else:
+        bundle = synthetic_bundle(device)
+        regs = ["none", "hs_mhe", "rp_comhe", "ap_comhe"] if args.quick else REGULARIZERS
+        modes = ["eager", "cuda_graph"] if args.quick else ["eager", "cuda_graph", "compile"]
+        steps, rounds, batch = (20, 3, 128) if args.quick else (50, 5, 128)
+    rows = step_table(bundle, list(MODELS), regs, modes, steps, rounds, batch, args.self_test)
     for r in rows:
         r.update(device=name, torch=torch.__version__)
     write_csv(out / "gpu_steps.csv", rows)
@@ -177,21 +204,25 @@ def main(argv=None) -> None:
     rp = [r for r in ok if r["model"] == "cnn9" and r["regularizer"] == "rp_comhe"]
     if rp:
         best = min(rp, key=lambda r: r["step_ms"])
-        proto = protocol_time(bundle, best["mode"], best["step_ms"])
+        proto = protocol_time(bundle, best["mode"], best["step_ms"], args.self_test)
         write_csv(out / "gpu_protocol.csv", [{**proto, "device": name}])
         print(f"\nfull-protocol CNN-9 RP-CoMHE run ({best['mode']}): {proto['full_run_min']:.2f} min "
               f"(75k steps at {best['step_ms']:.3f} ms + 151 evals at {proto['eval_s']:.2f} s)")
     if not args.skip_concurrency:
         base_modes = [r for r in ok if r["model"] == "resnet32" and r["regularizer"] == "none"]
         mode = min(base_modes, key=lambda r: r["step_ms"])["mode"] if base_modes else "eager"
-        conc = concurrency([1, 2, 4] if args.quick else [1, 2, 4, 8], 10 if args.quick else 15, mode)
+        if args.self_test:
+            conc = concurrency([1, 2], 2.0, mode, self_test=True, warmup_s=25)
+        else:
+            conc = concurrency([1, 2, 4] if args.quick else [1, 2, 4, 8], 10 if args.quick else 15, mode)
         write_csv(out / "gpu_concurrency.csv", [{**r, "device": name, "mode": mode} for r in conc])
         print("\njobs  aggregate img/s  per run  x vs 1")
         for r in conc:
             print(f"{r['jobs']:>4} {r['aggregate_images_per_s']:>16.0f} {r['per_run_images_per_s']:>8.0f} "
                   f"{r['speedup_vs_1']:>7.2f}")
         best_jobs = max(conc, key=lambda r: r["aggregate_images_per_s"])["jobs"]
-        (out / "best_jobs.json").write_text(json.dumps({"device": name, "best_jobs": best_jobs, "mode": mode}))
+        if not args.self_test:  # the runner's default JOBS on this card
+            (out / "best_jobs.json").write_text(json.dumps({"device": name, "best_jobs": best_jobs, "mode": mode}))
     print(f"\nwrote {out}/gpu_*.csv in {time.time() - t0:.0f} s")
 
 

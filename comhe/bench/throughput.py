@@ -24,7 +24,10 @@ def main(argv=None):
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--regularizers", default="none,hs_mhe,rp_comhe,ap_comhe")
     p.add_argument("--out", default="results/bench/throughput_cpu.csv")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bundle = synthetic_bundle("cpu", train=5000, test=1000)
     setups = {}
     for reg in args.regularizers.split(","):
