@@ -6,7 +6,7 @@ VENV     ?= .venv
 PYTHON   := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed-$(shell cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv test test-slow bench help clean
+.PHONY: venv test test-slow bench bench-gpu help clean
 
 help:
 	@echo "make table1        reproduce a paper table (table1 ... table9) -> results/table1.{csv,md,tex}, figures/table1.png"
@@ -14,12 +14,14 @@ help:
 	@echo "make tables        every table; make figures: both figures; make report: render all, train nothing"
 	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes)"
 	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~15 min)"
-	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 DRY=1 (list runs, train nothing) COLLECT=1"
-	@echo "           (render only) LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
+	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 (default: 1 on CPU; on CUDA bench-gpu's best)"
+	@echo "           NPROC=8 (GPUs per run, torchrun) DRY=1 (list runs, train nothing) COLLECT=1 (render only)"
+	@echo "           LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
 	@echo "           RESULTS=results FIGURES=figures, and config overrides"
 	@echo "           as key=value (lr=0.05 reg.proj_dim=30) or ARGS='key=value ...'"
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
 	@echo "make bench         regulariser op counts and CPU timings (BENCHMARKS.md)"
+	@echo "make bench-gpu     step times, MFU and the best JOBS on this CUDA card -> $(RESULTS)/bench/"
 
 venv: $(STAMP)
 
@@ -42,13 +44,19 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) -m comhe.bench.regularizers
 
+# Not on the venv stamp: GPU machines may have no network to build it. The venv's python if there is one, else the
+# system python3 with torch installed. Writes $(RESULTS)/bench/best_jobs.json, the runner's default JOBS on this card.
+bench-gpu:
+	PYTHONPATH=. $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m comhe.bench.gpu --out $(RESULTS)/bench $(ARGS)
+
 clean:
 	rm -rf .pytest_cache build *.egg-info
 
 # ---- reproduction: run experiments/<target>.yaml -> collect run records -> render tables and figures ----------------
 PROFILE  ?= paper
 SEEDS    ?=
-JOBS     ?= 1
+JOBS     ?=
+NPROC    ?= 1
 SLURM    ?=
 LAUNCHER ?= local
 RESULTS  ?= results
@@ -56,11 +64,12 @@ FIGURES  ?= figures
 ARGS     ?=
 # Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
-OWN_VARS  := PROFILE SEEDS JOBS DRY COLLECT LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP
+OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP
 SPACE     := $(subst ,, )
 CMDLINE   := $(subst \$(SPACE),^,$(MAKEOVERRIDES))  # make escapes a space inside a value as "\ "
 OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(a)))),,'$(subst ^,$(SPACE),$(a))'))
-RUN_FLAGS  = --profile $(PROFILE) --jobs $(JOBS) --launcher $(LAUNCHER) --results $(RESULTS) --figures $(FIGURES) \
+RUN_FLAGS  = --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)) --nproc $(NPROC) --launcher $(LAUNCHER) \
+             --results $(RESULTS) --figures $(FIGURES) \
              $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \
              $(if $(SLURM),--slurm $(SLURM))
 EXPERIMENTS := table1 table2 table3 table4 table5 table6 table7 table8 table9 fig1 fig2

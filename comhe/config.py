@@ -175,7 +175,7 @@ _SECTION_OWNER = {"reg": "regularizer", "model_options": "model", "data": "datas
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Dict[str, Any]:
-    """DEFAULTS <- the YAML file <- overrides, validated."""
+    """DEFAULTS <- the YAML file <- overrides, validated and normalized."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -189,14 +189,27 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Dict[str, Any]:
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     cfg = apply_overrides(merge(DEFAULTS, raw, f" in {path}"), overrides)
     validate(cfg)
-    return cfg
+    return normalize(cfg)
 
 
 def resolve(overrides: Iterable[str] = (), base: Mapping[str, Any] = None) -> Dict[str, Any]:
-    """DEFAULTS (or ``base``) <- overrides, validated (for code and tests that have no YAML file)."""
+    """DEFAULTS (or ``base``) <- overrides, validated and normalized (for code and tests without a YAML file)."""
     cfg = apply_overrides(merge(DEFAULTS, base or {}), overrides)
     validate(cfg)
-    return cfg
+    return normalize(cfg)
+
+
+def normalize(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """Remove open-section options set to their default (``reg: {layers: both}`` is ``reg: {}``), for a validated
+    config. The run's hash (``records.run_name``) must not depend on whether a default was spelled out, or identical
+    runs would get two directories: two tables sharing a run, or ``comhe.train`` and ``comhe.run`` naming one run.
+    ``load`` and ``resolve`` return normalized configs; the value types must match too (``1`` is not ``1.0``)."""
+    out = dict(cfg)
+    for section in OPEN_SECTIONS:
+        defaults = section_defaults(out, section)
+        out[section] = {k: v for k, v in out[section].items()
+                        if not (k in defaults and type(v) is type(defaults[k]) and v == defaults[k])}
+    return out
 
 
 def dump(cfg: Mapping[str, Any]) -> str:

@@ -187,14 +187,25 @@ def _cifar100(root: Path, device: torch.device, download: bool) -> DataBundle:
 @DATASETS.register("synthetic")
 def _synthetic(root: Path, device: torch.device, download: bool, num_classes: int = 10, train_per_class: int = 20,
                test_per_class: int = 10, seed: int = 0) -> DataBundle:
-    """Tiny CIFAR in ``root/synthetic-cifar{10,100}/`` (never next to real data), rewritten if its params changed."""
+    """Tiny CIFAR in its own folder per parameter set under ``root`` (never next to real data).
+
+    Written aside and renamed into place, so processes that build it at the same time (DDP ranks, parallel runs)
+    never read a half-written one, and runs with other parameters never rewrite it under a reader.
+    """
     from torchvision.datasets import CIFAR10, CIFAR100
     base = CIFAR10 if num_classes <= 10 else CIFAR100
-    where = root / f"synthetic-cifar{10 if base is CIFAR10 else 100}"
+    where = root / (f"synthetic-cifar{10 if base is CIFAR10 else 100}-{num_classes}c-"
+                    f"{train_per_class}x{test_per_class}-seed{seed}")
     params = {"num_classes": num_classes, "train_per_class": train_per_class, "test_per_class": test_per_class,
               "seed": seed}
     if synthetic.read_manifest(where / base.base_folder).get("params") != params:
-        synthetic.write_cifar(where, **params)
+        partial = root / f".{where.name}.partial{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        synthetic.write_cifar(partial, **params)
+        try:
+            partial.rename(where)  # atomic; if another process got there first, theirs is identical: keep it
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
     cls = synthetic.cifar_class_with_recorded_md5(base, where / base.base_folder)
     bad = _corrupt_cifar_files(cls, where)
     if bad:

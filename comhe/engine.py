@@ -222,15 +222,22 @@ def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_
     return row
 
 
+# Signals that ask the loop to checkpoint and exit; the relaunch resumes. SIGTERM: kill, scancel, SLURM preemption,
+# torchrun stopping its workers, a dead runner's workers (PR_SET_PDEATHSIG); SIGUSR1: a common `sbatch --signal`;
+# SIGUSR2: submitit's preemption / time-out signal (`--signal=USR2@90`), which comhe.launchers re-raises to
+# submitit once the checkpoint is written, so that submitit requeues the job.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 class _StopRequest:
-    """SIGTERM / SIGUSR1 (cluster preemption) ask the loop to checkpoint and exit; the relaunch resumes."""
+    """Any of ``STOP_SIGNALS`` asks the loop to checkpoint and exit (``Preempted``); the relaunch resumes."""
 
     def __init__(self):
         self.requested = False
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in STOP_SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread

@@ -284,17 +284,6 @@ def apply_overrides(cfgs: Sequence[Dict[str, Any]], overrides: Sequence[str]) ->
     return out
 
 
-def drop_defaults(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Remove open-section options set to their default (``reg: {layers: both}`` is ``reg: {}``): the run's hash must
-    not depend on whether a default was spelled out, or identical runs of two tables would not be shared."""
-    out = dict(cfg)
-    for section in config_lib.OPEN_SECTIONS:
-        defaults = config_lib.section_defaults(out, section)
-        out[section] = {k: v for k, v in out[section].items()
-                        if not (k in defaults and type(v) is type(defaults[k]) and v == defaults[k])}
-    return out
-
-
 def plan(exp: Experiment, overrides: Sequence[str] = ()) -> List[CellRun]:
     """Every (row, column, seed) the layout trains, with its validated config and run directory name."""
     cells: List[Tuple[Row, Column]] = [(r, c) for r in exp.rows for c in exp.columns if exp.layout_text(r, c) is None]
@@ -303,7 +292,7 @@ def plan(exp: Experiment, overrides: Sequence[str] = ()) -> List[CellRun]:
     for (row, column), cfg in zip(cells, raw):
         for seed in exp.seeds:
             try:
-                resolved = drop_defaults(config_lib.resolve(base={**cfg, "seed": seed}))
+                resolved = config_lib.resolve(base={**cfg, "seed": seed})  # normalized: see config.normalize
             except config_lib.ConfigError as err:
                 raise config_lib.ConfigError(f"{exp.path.name}, row {row.name}, column {column.name}: {err}") from None
             out.append(CellRun(exp.name, row.name, column.name, seed, resolved, run_name(resolved)))

@@ -13,6 +13,7 @@ An experiment lists its figures (``figures: [{kind: ...}]``; a table gets ``bars
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import List, Sequence
 
@@ -24,7 +25,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .experiments import METRICS, CellRun, Experiment  # noqa: E402
-from .records import RunDir  # noqa: E402
+from .records import RunDir, atomic_write  # noqa: E402
 from .registry import Registry  # noqa: E402
 from .report import _num  # noqa: E402
 
@@ -48,10 +49,13 @@ def _style() -> None:
 
 
 def _save(fig, out: Path) -> List[Path]:
+    """PNG and PDF, each rendered in memory and written atomically (a concurrent reader never sees half a file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    for path, options in zip(paths, ({"dpi": 150}, {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **options)
+        atomic_write(path, buf.getvalue())
     plt.close(fig)
     return paths
 

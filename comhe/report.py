@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import claims as claims_lib
 from .experiments import METRICS, CellRun, Experiment, Reference
-from .records import RunDir
+from .records import RunDir, atomic_write
 
 DASH, NOT_CONVERGED = "—", "N/C"
 RESULT_KEYS = ("final_test_error", "best_test_error", "best_iteration", "final_hidden_energy", "iterations",
@@ -241,7 +241,8 @@ def write(exp: Experiment, df: pd.DataFrame, out_dir: Path) -> List[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{exp.name}.{ext}" for ext in ("csv", "md", "tex")]
-    df.to_csv(paths[0], index=False)
-    paths[1].write_text(render_md(exp, df))
-    paths[2].write_text(render_tex(exp, df))
+    # Atomic (temporary file + rename): two invocations rendering at once, or a reader, never see half a table.
+    atomic_write(paths[0], df.to_csv(index=False))
+    atomic_write(paths[1], render_md(exp, df))
+    atomic_write(paths[2], render_tex(exp, df))
     return paths

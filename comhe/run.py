@@ -5,12 +5,14 @@
     python -m comhe.run table1 --dry-run                # list the runs and their status; train nothing
     python -m comhe.run all --profile quick --jobs 4 lr=0.05 reg.proj_dim=30
     python -m comhe.run table5 --launcher slurm --slurm slurm_partition=gpu timeout_min=600
+    python -m comhe.run table6 --nproc 8                # each run on 8 GPUs (torchrun, DDP)
 
 Targets: table1 ... table9, fig1, fig2, demo, ``all`` (every table and figure), ``tables``, ``figures``, or a path
 to an experiment YAML. ``key=value`` arguments override config keys in every cell (``reg.*`` only where the
 regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<results>/<target>.{csv,md,tex}``,
-``<figures>/<target>.{png,pdf}``. Exit codes: 0 all runs finished (or diverged: N/C is a result), 1 some run failed or
-was locked by another process, 2 bad experiment, config or missing data, 143 stopped by a signal (rerun to resume).
+``<figures>/<target>.{png,pdf}``. A run another process is training is waited for (``comhe/runner.py``). Exit codes:
+0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
+waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
 """
 from __future__ import annotations
 
@@ -36,7 +38,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("args", nargs="+", metavar="TARGET|key=value")
     parser.add_argument("--profile", default="paper", choices=experiments.PROFILES)
     parser.add_argument("--seeds", default=None, help="a count (3: seeds 0,1,2) or a list (0,4,5)")
-    parser.add_argument("--jobs", type=int, default=1, help="parallel local workers (or SLURM array parallelism)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel local workers (or SLURM array parallelism); default: 1 on the CPU, on CUDA the "
+                             "count `make bench-gpu` measured on this card, else 4")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes (GPUs) per run: each run through torchrun, DDP; must divide batch_size")
     parser.add_argument("--dry-run", action="store_true", help="list the runs with their status; train nothing")
     parser.add_argument("--collect-only", action="store_true", help="write tables and figures; train nothing")
     parser.add_argument("--launcher", default="local", choices=runner.LAUNCHERS.names())
@@ -65,9 +71,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.collect_only:
         from .data import DatasetUnavailable
         from .engine import Preempted
+        jobs = args.jobs
+        if jobs is None:  # a DDP run takes the GPUs it needs; a SLURM array's parallelism is unbounded by default
+            jobs = runner.default_jobs(results) if args.launcher == "local" and args.nproc <= 1 else 1
         try:
-            counts = runner.train(plan, runs_root, args.jobs, args.launcher, options)
-        except DatasetUnavailable as err:
+            counts = runner.train(plan, runs_root, jobs, args.launcher, options, nproc=args.nproc)
+        except (DatasetUnavailable, config_lib.ConfigError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except Preempted as err:
@@ -76,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures))
     if counts.get("no data"):
         return 2
-    return 1 if counts.get("failed") or counts.get("locked") else 0
+    return 1 if counts.get("failed") or counts.get("locked") or counts.get("preempted") else 0
 
 
 if __name__ == "__main__":

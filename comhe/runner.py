@@ -4,36 +4,34 @@ Planning resolves every cell of every requested experiment to a validated config
 ``<runs root>/<dataset-model-regulariser>-s<seed>-<hash of the config>`` (``records.run_name``), so identical configs
 in different tables share one directory and are trained once, and a changed config never reuses an old result.
 
-Training goes through ``execute_one(cfg, run_dir)``, one call per run: it skips a finished run, resumes a partial
-one (``engine.train`` resumes from the newest checkpoint), takes the run directory's lock for the whole training and
-returns ``locked`` (skipping the run) when another process holds it. Launchers, a registry:
+Training goes through ``launchers.execute_one(cfg, run_dir)`` (or torchrun), one call per run, through one of
+``launchers.LAUNCHERS`` (local workers, torchrun, SLURM via submitit): it skips a finished run, resumes a partial
+one (``engine.train`` resumes from the newest checkpoint) and holds the run directory's lock while it trains.
 
-* ``local``            in this process (``jobs=1``) or ``jobs`` spawned worker processes, each training one run at a
-                       time; on the CPU each worker gets ``cores // jobs`` threads, on GPUs workers take cards round
-                       robin (several workers may share one card: small CIFAR runs do not fill an H100).
-* ``slurm``            the same calls submitted as one submitit job array (``pip install submitit``; the core never
-                       imports it); waits for the array and renders, or re-run later to collect.
-* ``submitit-local``   submitit's local executor (subprocesses), how the SLURM path is tested without a cluster.
+Concurrent invocations on the same results (two ``make table1``, a laptop and a SLURM array on one filesystem):
+a run another process is training comes back ``locked``; once its own runs are done the runner waits for those
+locks, polling, and then counts the run ``elsewhere`` if the other process finished it, or trains (resumes) it if
+that process stopped without finishing. So every invocation ends with every run done (or failed) and renders the
+same complete table, and no run is trained twice (``engine.train`` re-checks final.json under the lock).
 """
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
+import fcntl
+import json
 import os
-import shutil
 import sys
 import time
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from . import experiments as experiments_lib
 from .experiments import CellRun, Experiment
-from .records import RunDir, RunLocked
-from .registry import Registry
+from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
+from .records import RunDir
 
-LAUNCHERS = Registry("launcher")
+WAIT_POLL_S = 2.0  # seconds between looks at runs another process is training
 
 
 @dataclass
@@ -78,55 +76,59 @@ def status(runs_root: Path, name: str) -> str:
     return RunDir(Path(runs_root) / name).status()
 
 
-def execute_one(cfg: Dict[str, Any], run_dir: str, keep_weights: bool = True) -> Dict[str, Any]:
-    """Train one run to the end (or skip it). Returns ``{"outcome": finished|diverged|skipped|locked, ...}``."""
-    run = RunDir(run_dir)
-    if run.status() == "done":
-        return {"outcome": "skipped", "final": run.read_final()}
-    from . import engine  # torch is imported here, not when planning on a login node
-    try:
-        final = engine.train(cfg, run_dir)
-    except RunLocked as err:
-        return {"outcome": "locked", "message": str(err)}
-    if not keep_weights:  # smoke runs: the final weights are useless and ImageNet ResNets weigh 50-100 MB each
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-    return {"outcome": final["status"], "final": final}
+def _cpu_threads(processes: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(processes, 1))
 
 
-def _execute_guarded(cfg: Dict[str, Any], run_dir: str, keep_weights: bool) -> Dict[str, Any]:
-    """``execute_one`` that reports a failure instead of raising (one bad run must not stop a table)."""
-    from .data import DatasetUnavailable
-    from .engine import Preempted
-    try:
-        return execute_one(cfg, run_dir, keep_weights)
-    except DatasetUnavailable as err:
-        return {"outcome": "no data", "message": str(err)}
-    except Preempted:  # a stop signal: the run checkpointed; stop here, do not start the next run
-        raise
-    except Exception as err:  # noqa: BLE001 - reported with its traceback, the others go on
-        return {"outcome": "failed", "message": f"{type(err).__name__}: {err}",
-                "traceback": traceback.format_exc(limit=6)}
+def default_jobs(results: Path = Path("results")) -> int:
+    """Local workers when JOBS is not given: 1 on the CPU (a run uses every core); on CUDA the best count measured by
+    ``make bench-gpu`` on this card (``<results>/bench/best_jobs.json``, or ``results/bench/``), else 4."""
+    import torch
+    if not torch.cuda.is_available():
+        return 1
+    name = torch.cuda.get_device_name(0)
+    for path in dict.fromkeys([Path(results) / "bench" / "best_jobs.json", Path("results/bench/best_jobs.json")]):
+        try:
+            measured = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        jobs = measured.get("best_jobs") if isinstance(measured, dict) else None
+        if measured.get("device") == name and isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1:
+            return jobs
+    return 4  # not measured on this card; run make bench-gpu
 
 
-def _cpu_threads(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(jobs, 1))
-
-
-def prepare_configs(pending: Sequence[Planned], jobs: int) -> List[Dict[str, Any]]:
-    """Per-run execution settings (not part of the run's identity): CPU threads when several runs share the CPU."""
+def prepare_configs(pending: Sequence[Planned], jobs: int, nproc: int = 1) -> List[Dict[str, Any]]:
+    """Per-run execution settings (not part of the run's identity): CPU threads when several processes share the
+    CPU (``jobs`` runs at once, or one run's ``nproc`` DDP processes)."""
     import torch
     cfgs = []
+    processes = jobs if nproc <= 1 else nproc  # DDP runs go one at a time
     for p in pending:
         cfg = dict(p.cfg)
-        if jobs > 1 and cfg["threads"] == 0 and not torch.cuda.is_available():
-            cfg["threads"] = _cpu_threads(jobs)
+        if processes > 1 and cfg["threads"] == 0 and not torch.cuda.is_available():
+            cfg["threads"] = _cpu_threads(processes)
         cfgs.append(cfg)
     return cfgs
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive flock on ``path`` (created), waiting for it: across processes, like ``RunDir.lock``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def preflight(pending: Sequence[Planned]) -> None:
     """Build each dataset once before any worker starts: a download or a synthetic write never races, and a
-    missing dataset stops everything with one message (``DatasetUnavailable``) before anything is trained."""
+    missing dataset stops everything with one message (``DatasetUnavailable``) before anything is trained. A lock in
+    the data root makes two runner invocations take turns (synthetic datasets are written in place, not atomically:
+    one process would read the other's half-written files)."""
     from . import data
     seen = set()
     for p in pending:
@@ -134,76 +136,23 @@ def preflight(pending: Sequence[Planned]) -> None:
         key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
         if key not in seen:
             seen.add(key)
-            data.build(cfg["dataset"], root=cfg["data_root"] or None, device="cpu", **cfg["data"])
+            with _file_lock(data.data_root(cfg["data_root"] or None) / ".comhe-preflight.lock"):
+                data.build(cfg["dataset"], root=cfg["data_root"] or None, device="cpu", **cfg["data"])
 
 
-_worker_index = None
-
-
-def _worker_init(counter, gpus: int) -> None:
-    global _worker_index
-    with counter.get_lock():
-        _worker_index = counter.value
-        counter.value += 1
-    if gpus > 1:  # before CUDA is initialised in this fresh (spawned) process
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(_worker_index % gpus)
-
-
-@LAUNCHERS.register("local")
-def launch_local(pending: Sequence[Planned], cfgs: Sequence[Dict], dirs: Sequence[str], keep: Sequence[bool],
-                 jobs: int = 1, on_result: Callable = None, **_) -> None:
-    if jobs <= 1:
-        for i, args in enumerate(zip(cfgs, dirs, keep)):
-            on_result(i, _execute_guarded(*args))
-        return
-    import torch
-    ctx = mp.get_context("spawn")  # fork after torch/OpenMP initialisation can deadlock; CUDA needs spawn anyway
-    counter = ctx.Value("i", 0)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(counter, torch.cuda.device_count())) as pool:
-        futures = {pool.submit(_execute_guarded, *args): i for i, args in enumerate(zip(cfgs, dirs, keep))}
-        for future in as_completed(futures):
-            if on_result(futures[future], future.result()) is False:
-                for f in futures:
-                    f.cancel()
-
-
-def _submitit(cluster: Optional[str], pending, cfgs, dirs, keep, jobs: int, on_result, folder: Path,
-              options: Dict[str, Any]) -> None:
-    try:
-        import submitit
-    except ImportError:
-        raise SystemExit("LAUNCHER=slurm needs submitit: pip install submitit (or pip install -e '.[slurm]')") from None
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)
-    params = {"timeout_min": 24 * 60, "gpus_per_node": 1, "cpus_per_task": 8} if cluster != "local" else \
-        {"timeout_min": 60}
-    if cluster != "local":
-        params["slurm_array_parallelism"] = max(jobs, 1) if jobs > 1 else 64
-    executor.update_parameters(**{**params, **options})
-    submitted = executor.map_array(_execute_guarded, list(cfgs), list(dirs), list(keep))
-    print(f"submitted {len(submitted)} job(s) through submitit ({cluster or 'slurm'}), logs in {folder}; waiting "
-          "(interrupting leaves them running: re-run the same command later to collect)", flush=True)
-    for i, job in enumerate(submitted):
-        try:
-            result = job.result()
-        except Exception as err:  # noqa: BLE001 - a failed job (e.g. timeout) is reported like a failed run
-            result = {"outcome": "failed", "message": f"job {job.job_id}: {type(err).__name__}: {err}"}
-        on_result(i, result)
-
-
-@LAUNCHERS.register("slurm")
-def launch_slurm(pending, cfgs, dirs, keep, jobs=1, on_result=None, folder=None, options=None, **_):
-    _submitit(None, pending, cfgs, dirs, keep, jobs, on_result, folder, options or {})
-
-
-@LAUNCHERS.register("submitit-local")
-def launch_submitit_local(pending, cfgs, dirs, keep, jobs=1, on_result=None, folder=None, options=None, **_):
-    _submitit("local", pending, cfgs, dirs, keep, jobs, on_result, folder, options or {})
+def check_nproc(pending: Sequence[Planned], nproc: int) -> None:
+    """DDP splits each global batch over the processes (``engine.prepare`` checks it too, but only once launched)."""
+    from .config import ConfigError
+    bad = sorted({p.cfg["batch_size"] for p in pending if p.cfg["batch_size"] % nproc})
+    if nproc < 1 or bad:
+        raise ConfigError(f"NPROC={nproc} must be >= 1 and divide every batch_size (not {', '.join(map(str, bad))})"
+                          if bad else f"NPROC must be >= 1, got {nproc}")
 
 
 def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", options: Dict[str, Any] = None,
-          out=sys.stdout) -> Dict[str, int]:
-    """Train every run of the plan that is not finished. Returns the count of each outcome."""
+          out=sys.stdout, nproc: int = 1, poll_s: float = WAIT_POLL_S) -> Dict[str, int]:
+    """Train every run of the plan that is not finished; wait for those another process is training (module
+    docstring). Returns the count of each outcome. Raises ``ConfigError`` for an ``nproc`` that does not fit."""
     runs_root = Path(runs_root)
     pending = [p for p in plan.runs if status(runs_root, p.name) != "done"]
     counts = {"skipped": len(plan.runs) - len(pending)}
@@ -211,23 +160,33 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
           flush=True)
     if not pending:
         return counts
+    check_nproc(pending, nproc)
     if launcher != "slurm":
         preflight(pending)
-    cfgs = prepare_configs(pending, jobs) if launcher == "local" else [dict(p.cfg) for p in pending]
+    cfgs = prepare_configs(pending, jobs, nproc) if launcher == "local" else [dict(p.cfg) for p in pending]
     dirs = [str(runs_root / p.name) for p in pending]
     keep = [plan.keep_weights[p.name] for p in pending]
-    started, done = time.perf_counter(), [0]
+    started, done, locked = time.perf_counter(), [0], []
+    width = len(str(len(pending)))
+
+    def line(i: int, outcome: str, detail: str, index: str) -> None:
+        cell = pending[i].cells[0]
+        print(f"[{index:>{2 * width + 1}}] {outcome:<9} {pending[i].name}  ({cell.experiment}: {cell.row} / "
+              f"{cell.column}, seed {cell.seed})  {detail}", file=out, flush=True)
 
     def on_result(i: int, result: Dict[str, Any]):
+        outcome = "elsewhere" if result["outcome"] == "skipped" else result["outcome"]  # finished since planning
+        if outcome == "locked":
+            locked.append(i)
+            line(i, outcome, "being trained by another process; waiting for it at the end", "")
+            return True
         done[0] += 1
-        outcome = result["outcome"]
         counts[outcome] = counts.get(outcome, 0) + 1
         final = result.get("final") or {}
         err = final.get("final_test_error")
         detail = f"test error {err:.2f}%" if isinstance(err, float) else result.get("message", "")
-        cell = pending[i].cells[0]
-        print(f"[{done[0]:>{len(str(len(pending)))}}/{len(pending)}] {outcome:<9} {pending[i].name}  "
-              f"({cell.experiment}: {cell.row} / {cell.column}, seed {cell.seed})  {detail}", file=out, flush=True)
+        line(i, outcome, detail + (" (finished by another process)" if outcome == "elsewhere" else ""),
+             f"{done[0]}/{len(pending)}")
         if result.get("traceback"):
             print(result["traceback"], file=out, flush=True)
         if outcome == "no data":
@@ -235,8 +194,34 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
             return False
         return True
 
-    LAUNCHERS.get(launcher)(pending, cfgs, dirs, keep, jobs=jobs, on_result=on_result,
-                            folder=runs_root.parent / "submitit", options=options or {})
+    def launch(indices: List[int]) -> None:
+        index_map = {k: i for k, i in enumerate(indices)}
+        LAUNCHERS.get(launcher)([pending[i] for i in indices], [cfgs[i] for i in indices], [dirs[i] for i in indices],
+                                [keep[i] for i in indices], jobs=jobs, nproc=nproc, out=out,
+                                on_result=lambda k, result: on_result(index_map[k], result),
+                                folder=runs_root.parent / "submitit", options=options or {})
+
+    launch(list(range(len(pending))))
+    while locked and not counts.get("no data"):
+        print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
+              "stops waiting and renders what exists)", file=out, flush=True)
+        waiting, locked[:] = list(locked), []
+        while waiting:
+            try:
+                time.sleep(poll_s)
+            except KeyboardInterrupt:  # stop waiting: render what exists, these runs as "locked" (exit code 1)
+                counts["locked"] = len(waiting) + len(locked)
+                print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
+                return counts
+            still, free = [], []
+            for i in waiting:
+                if RunDir(dirs[i]).status() == "done":
+                    on_result(i, {"outcome": "elsewhere", "final": RunDir(dirs[i]).read_final()})
+                else:  # the other process stopped without finishing (killed, preempted): resume the run here
+                    (still if locked_by_other(dirs[i]) else free).append(i)
+            waiting = still
+            if free:
+                launch(free)  # one locked again by a third process goes back to `locked`
     print(f"trained in {time.perf_counter() - started:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
           file=out, flush=True)
     return counts

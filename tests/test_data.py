@@ -185,7 +185,7 @@ def test_root_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("COMHE_DATA", str(tmp_path))
     assert data.data_root() == tmp_path and data.data_root("elsewhere").name == "elsewhere"
     data.build("synthetic", train_per_class=1, test_per_class=1)
-    assert (tmp_path / "synthetic-cifar10" / "cifar-10-batches-py" / "data_batch_5").is_file()
+    assert (tmp_path / "synthetic-cifar10-10c-1x1-seed0" / "cifar-10-batches-py" / "data_batch_5").is_file()
 
 
 @pytest.mark.parametrize("num_classes,folder,label_key", [(10, "cifar-10-batches-py", "labels"),
@@ -199,7 +199,7 @@ def test_synthetic_cifar_round_trips_through_torchvision(tmp_path, num_classes, 
     assert (bundle.kind, bundle.num_classes, bundle.in_channels, bundle.image_size) == ("tensor", num_classes, 3, 32)
     # Independent view of the format, read the way the official code reads it (latin1 unpickling).
     first = "data_batch_1" if num_classes == 10 else "train"
-    with open(tmp_path / f"synthetic-cifar{num_classes}" / folder / first, "rb") as f:
+    with open(tmp_path / f"synthetic-cifar{num_classes}-{num_classes}c-3x2-seed0" / folder / first, "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     assert entry["data"].dtype == np.uint8 and entry["data"].shape[1] == 3072
     image0 = bundle.train_images[0].numpy()
@@ -212,13 +212,21 @@ def test_synthetic_cifar_round_trips_through_torchvision(tmp_path, num_classes, 
 def test_real_torchvision_checksums_still_apply_to_synthetic_files(tmp_path):
     from torchvision.datasets import CIFAR10
     data.build("synthetic", tmp_path, train_per_class=2, test_per_class=1)
-    root = tmp_path / "synthetic-cifar10"
+    root = tmp_path / "synthetic-cifar10-10c-2x1-seed0"
     with pytest.raises(RuntimeError, match="corrupted"):
         CIFAR10(str(root))                               # the stock class knows the real files' md5s only
     batch = root / "cifar-10-batches-py" / "test_batch"
     batch.write_bytes(batch.read_bytes()[:-1] + b"\x00")
     with pytest.raises(data.DatasetUnavailable, match="test_batch"):
         data.build("synthetic", tmp_path, train_per_class=2, test_per_class=1)
+
+
+def test_synthetic_sets_with_other_parameters_live_side_by_side(tmp_path):
+    small = data.build("synthetic", tmp_path, train_per_class=1, test_per_class=1)
+    large = data.build("synthetic", tmp_path, train_per_class=2, test_per_class=1)
+    again = data.build("synthetic", tmp_path, train_per_class=1, test_per_class=1)
+    assert (small.num_train, large.num_train) == (10, 20) and torch.equal(small.train_images, again.train_images)
+    assert not list(tmp_path.glob(".*partial*"))  # written aside, renamed into place
 
 
 def test_synthetic_cifar_is_learnable_by_nearest_class_mean(tmp_path):

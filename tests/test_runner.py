@@ -1,11 +1,14 @@
 """The runner end to end: `make table1 PROFILE=smoke` writes the table and a figure, a second invocation trains
 nothing, DRY=1 lists runs with their status; plus experiment planning (shared runs, overrides, profiles), locking,
-parallel workers and the submitit path."""
+parallel workers, waiting for runs another process trains, and the submitit path."""
+import _thread
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -197,3 +200,40 @@ def test_submitit_local_launcher(tiny):
     assert counts == {"skipped": 0, "finished": 1}
     assert all(RunDir(runs_root / p.name).read_final()["status"] == "finished" for p in plan.runs)
     assert list((runs_root.parent / "submitit").glob("*/*_log.out"))
+
+
+class _Watch(io.StringIO):
+    """The runner's output; calls ``action`` once, when the runner starts waiting for locked runs."""
+
+    def __init__(self, action):
+        super().__init__()
+        self.action = action
+
+    def write(self, text):
+        if "run(s) another process is training" in text and self.action:  # not the "locked ... waiting" line
+            self.action, action = None, self.action
+            action()
+        return super().write(text)
+
+
+def test_runner_waits_for_a_locked_run_and_resumes_it_when_its_holder_stops(tiny):
+    plan, runs_root = tiny
+    holder = RunDir(runs_root / plan.runs[0].name)
+    holder.lock()                                     # another process is training it ...
+    out = _Watch(holder.unlock)                       # ... and stops without finishing while this one waits
+    assert runner.train(plan, runs_root, out=out, poll_s=0.1) == {"skipped": 0, "finished": 2}
+    assert " locked " in out.getvalue() and "waiting for 1 run(s)" in out.getvalue()
+    assert holder.read_final()["status"] == "finished"
+
+
+def test_ctrl_c_stops_waiting_and_reports_the_run_as_locked(tiny):
+    plan, runs_root = tiny
+    holder = RunDir(runs_root / plan.runs[0].name)
+    holder.lock()
+    try:
+        out = _Watch(lambda: threading.Timer(0.2, _thread.interrupt_main).start())   # Ctrl-C while sleeping
+        assert runner.train(plan, runs_root, out=out, poll_s=2.0) == {"skipped": 0, "finished": 1, "locked": 1}
+    finally:
+        holder.unlock()
+    assert "stopped waiting: 1 run(s) left to the other process" in out.getvalue()
+    assert holder.status() == "todo"
