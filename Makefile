@@ -20,7 +20,7 @@ help:
 	@echo "           RESULTS=results FIGURES=figures, and config overrides"
 	@echo "           as key=value (lr=0.05 reg.proj_dim=30) or ARGS='key=value ...'"
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
-	@echo "make bench         regulariser op counts and CPU timings (BENCHMARKS.md)"
+	@echo "make bench         regulariser op counts, CPU timings, engine CPU throughput (BENCHMARKS.md)"
 	@echo "make bench-gpu     step times, MFU and the best JOBS on this CUDA card -> $(RESULTS)/bench/"
 
 venv: $(STAMP)
@@ -41,8 +41,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
+# Regulariser ATen op counts + CPU times, then CPU training throughput of the engine (BENCHMARKS.md, sections 1-2).
 bench: $(STAMP)
-	$(PYTHON) -m comhe.bench.regularizers
+	$(PYTHON) -m comhe.bench.regularizers --out $(RESULTS)/bench/regularizers.csv
+	$(PYTHON) -m comhe.bench.throughput --out $(RESULTS)/bench/throughput_cpu.csv
 
 # Not on the venv stamp: GPU machines may have no network to build it. The venv's python if there is one, else the
 # system python3 with torch installed. Writes $(RESULTS)/bench/best_jobs.json, the runner's default JOBS on this card.
