@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from comhe import config, engine, models, regularizers
+from comhe import config, engine, models, regularizers, setup
 from comhe.losses import official_loss
 from comhe.records import RunDir
 
@@ -56,9 +56,9 @@ def test_schedule_and_weight_decay_groups():
     assert [engine.lr_at(cfg, i) for i in (0, 29999, 30000, 50000, 65000, 74999)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.001, 0.0001, 0.0001])
     model = models.build("cnn9", 10, width=1)
-    official = engine.param_groups(model, 5e-4, exclude_bn=False)
+    official = setup.param_groups(model, 5e-4, exclude_bn=False)
     assert len(official) == 1 and len(official[0]["params"]) == len(list(model.parameters()))
-    split = engine.param_groups(model, 5e-4, exclude_bn=True)
+    split = setup.param_groups(model, 5e-4, exclude_bn=True)
     assert all(p.dim() == 4 for p in split[0]["params"]) and all(p.dim() == 1 for p in split[1]["params"])
     assert split[1]["weight_decay"] == 0.0
 
