@@ -149,7 +149,7 @@ class EnergyRegularizer(Regularizer):
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
                  **projection_options):
         self.s = canonical_power(s)
-        angular = isinstance(self.s, str)
+        angular = self.s in ("a1", "a2")  # the official code's 0.1 / 1 is for a1 and a2 only; a0 keeps 1 / 10
         self.lambda_hidden = float((0.1 if angular else 1.0) if lambda_hidden is None else lambda_hidden)
         self.lambda_output = float((1.0 if angular else 10.0) if lambda_output is None else lambda_output)
         if eps <= 0:

@@ -54,7 +54,7 @@ class Recorder:
 
 def reference_loss(name, model, recorder=None, s=2, **options):
     """The official computation, one layer and one projection at a time (PAPER.md §1)."""
-    angular = isinstance(s, str)
+    angular = s in ("a1", "a2")  # PAPER.md §1: a0 keeps the weights of s = 0, 1, 2
     lam_h = options.get("lambda_hidden", 0.1 if angular else 1.0)
     lam_o = options.get("lambda_output", 1.0 if angular else 10.0)
     comhe = name.endswith("comhe")
@@ -127,8 +127,11 @@ def test_mhe_policy_and_angular_weights():
     hs = regularizers.build("hs_mhe", model)
     assert {l.name: g.half_space for g in hs.groups for l in g.layers}["conv6"] is False
     assert all(g.half_space for g in hs.groups if g.layers[0].role != "output")
-    angular = regularizers.build("mhe", model, s="a2")
-    assert (angular.lambda_hidden, angular.lambda_output) == (0.1, 1.0)
+    # PAPER.md §1 (official code): 0.1 / 1 for a1 and a2; every other power, a0 included, 1 / 10
+    weights = {s: (r.lambda_hidden, r.lambda_output)
+               for s in (0, 1, 2, "a0", "a1", "a2") for r in [regularizers.build("mhe", model, s=s)]}
+    assert weights == {0: (1.0, 10.0), 1: (1.0, 10.0), 2: (1.0, 10.0), "a0": (1.0, 10.0), "a1": (0.1, 1.0),
+                       "a2": (0.1, 1.0)}
 
 
 @pytest.mark.parametrize("which, expected", [("hidden", {"conv0", "conv1", "conv2", "conv3", "conv4", "conv5"}),
