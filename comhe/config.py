@@ -48,7 +48,7 @@ DEFAULTS: Dict[str, Any] = {
     "channels_last": "auto",    # auto: on for CUDA
     "compile": False,           # torch.compile the model and the regulariser's energy (first steps pay the compile)
     "cuda_graph": False,        # capture the whole step (optimiser included) in CUDA graphs (steps.py)
-    "workers": 8,               # DataLoader workers (ImageNet only; CIFAR lives on the device)
+    "workers": 8,               # DataLoader workers per process (ImageNet only; CIFAR lives on the device)
     "threads": 0,               # CPU threads for torch (0: torch's default)
 }
 
@@ -61,7 +61,7 @@ class ConfigError(ValueError):
     """A bad config or override; the message names the key and how to fix it."""
 
 
-def _closest(key: str, valid: Iterable[str]) -> str:
+def closest(key: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
     return f" (closest: {', '.join(close)})" if close else f"; valid: {', '.join(valid) or '(none)'}"
 
@@ -77,6 +77,50 @@ def _type_ok(value: Any, default: Any) -> bool:
         return isinstance(value, list) and all(_type_ok(v, default[0]) for v in value) if default else \
             isinstance(value, list)
     return isinstance(value, type(default))
+
+
+def section_types(cfg: Mapping[str, Any], section: str) -> Dict[str, type]:
+    """The annotated types of an open section's options (used where the default is ``None``)."""
+    from .registry import keyword_types
+    if section == "reg":
+        from . import regularizers
+        return keyword_types(regularizers.REGULARIZERS.get(cfg["regularizer"]).__init__)
+    if section == "model_options":
+        from . import models
+        return keyword_types(models.MODELS.get(cfg["model"]))
+    from . import data
+    return keyword_types(data.DATASETS.get(cfg["dataset"]))
+
+
+_SAMPLE = {bool: False, int: 0, float: 0.0, str: ""}  # a value of each type, for ``_type_ok``
+_BUILDABLE: set = set()  # the (model, regulariser) settings ``_check_buildable`` has already built
+_META_MODELS: Dict[str, Any] = {}  # its models on the meta device, by model settings
+
+
+def _check_buildable(cfg: Mapping[str, Any]) -> None:
+    """Build the model and the regulariser on the meta device (no memory, no compute: ~0.05 s) so that an option the
+    constructors reject (``reg.proj_dim=0``, ``model_options.width=-1``) fails when the config is read, not after the
+    runs planned before it have trained for hours. The dataset's true class count and image shape are only known
+    once it is loaded; the model's defaults stand in for them here."""
+    import torch
+    from . import data, models, regularizers
+    key = repr((cfg["model"], sorted(cfg["model_options"].items()), cfg["regularizer"], sorted(cfg["reg"].items()),
+                data.declared_num_classes(cfg["dataset"], cfg["data"])))
+    if key in _BUILDABLE:
+        return
+    model_key = repr((cfg["model"], sorted(cfg["model_options"].items()),
+                      data.declared_num_classes(cfg["dataset"], cfg["data"])))
+    what = f"model {cfg['model']!r}"
+    try:
+        with torch.device("cpu"):
+            if model_key not in _META_MODELS:  # regularisers only read the model: one build serves them all
+                _META_MODELS[model_key] = models.build(
+                    cfg["model"], data.declared_num_classes(cfg["dataset"], cfg["data"]), **cfg["model_options"])
+            what = f"regularizer {cfg['regularizer']!r}"
+            regularizers.build(cfg["regularizer"], _META_MODELS[model_key], **cfg["reg"])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{what}: {err}") from None
+    _BUILDABLE.add(key)
 
 
 def section_defaults(cfg: Mapping[str, Any], section: str) -> Dict[str, Any]:
@@ -96,7 +140,7 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str = "") -
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
         if key not in DEFAULTS:
-            raise ConfigError(f"unknown config key {key!r}{where}{_closest(key, DEFAULTS)}")
+            raise ConfigError(f"unknown config key {key!r}{where}{closest(key, DEFAULTS)}")
         if key in OPEN_SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}{where} must be a mapping, got {value!r}")
@@ -127,7 +171,8 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> Dict[st
         head, _, sub = key.partition(".")
         if sub:
             if head not in OPEN_SECTIONS:
-                raise ConfigError(f"unknown config key {key!r}: only {', '.join(OPEN_SECTIONS)} take dotted keys")
+                raise ConfigError(f"unknown config key {key!r}: only {', '.join(OPEN_SECTIONS)} take dotted keys"
+                                  f"{closest(head, OPEN_SECTIONS)}")
             out[head] = {**out.get(head, {}), sub: value}
         else:
             out = merge(out, {key: value}, " (override)")
@@ -160,18 +205,30 @@ def validate(cfg: Mapping[str, Any]) -> None:
         for key, value in cfg[section].items():
             if key not in valid:
                 raise ConfigError(f"unknown option {section}.{key} for {cfg[_SECTION_OWNER[section]]!r}"
-                                  f"{_closest(key, valid)}")
+                                  f"{closest(key, valid)}")
             if section == "reg" and key == "s":  # the power is an int (0, 1, 2) or a string (a0, a1, a2)
                 from .energy import canonical_power
                 try:
                     canonical_power(value)
                 except ValueError as err:
                     raise ConfigError(f"reg.s: {err}") from None
-            elif not _type_ok(value, valid[key]):
-                raise ConfigError(f"{section}.{key} must be {type(valid[key]).__name__}, got {value!r}")
+            else:
+                default = valid[key]
+                if default is None and value is not None:  # "decided from other options": check the annotation
+                    default = _SAMPLE.get(section_types(cfg, section).get(key))
+                if not _type_ok(value, default):
+                    raise ConfigError(f"{section}.{key} must be {type(default).__name__}, got {value!r}")
+    _check_buildable(cfg)
 
 
 _SECTION_OWNER = {"reg": "regularizer", "model_options": "model", "data": "dataset"}
+
+
+def yaml_error(path: Path, err: yaml.YAMLError) -> str:
+    """One line: the file, the line and column, and what the parser expected."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{path}:{where} is not valid YAML ({getattr(err, 'problem', None) or err})"
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Dict[str, Any]:
@@ -182,9 +239,7 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(yaml_error(path, err)) from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     cfg = apply_overrides(merge(DEFAULTS, raw, f" in {path}"), overrides)

@@ -70,7 +70,22 @@ def option_defaults(name: str) -> dict:
     """The options ``build(name, ...)`` accepts (after root, device, download), with their defaults."""
     import inspect
     params = list(inspect.signature(DATASETS.get(name)).parameters.values())[3:]
-    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    # ``workers`` is the run config's top-level key (not part of a run's identity), passed in by ``setup.prepare``
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name != "workers"}
+
+
+def takes_workers(name: str) -> bool:
+    """Whether dataset ``name`` reads from disk with DataLoader workers (the config's ``workers``)."""
+    import inspect
+    return "workers" in inspect.signature(DATASETS.get(name)).parameters
+
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
+
+
+def declared_num_classes(name: str, options: dict) -> int:
+    """The class count a config implies without loading the data (config checks; 10 where it is not declared)."""
+    return int(options.get("num_classes", NUM_CLASSES.get(name, 10)))
 
 
 def data_root(root=None) -> Path:
@@ -303,7 +318,7 @@ def _imagenet_bundle(name: str, top: Path, device: torch.device, image_size: int
 
 @DATASETS.register("imagenet")
 def _imagenet(root: Path, device: torch.device, download: bool, image_size: int = 224,
-              workers: int = min(8, os.cpu_count() or 1)) -> DataBundle:
+              workers: int = 8) -> DataBundle:
     # ``download`` cannot apply: ImageNet is only distributed after registration at image-net.org.
     return _imagenet_bundle("imagenet", root / "imagenet", device, image_size, workers)
 

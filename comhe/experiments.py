@@ -176,7 +176,7 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ExperimentError(f"{path}: not valid YAML ({err})") from None
+        raise ExperimentError(config_lib.yaml_error(path, err)) from None
     _require(isinstance(raw, Mapping), path, "must hold a mapping")
     for section in ("rows", "columns"):
         entries = raw.get(section) or []
@@ -262,11 +262,15 @@ def cell_config(exp: Experiment, row: Row, column: Column) -> Dict[str, Any]:
     return _substitute(cfg, column.vars, f"{exp.path}: row {row.name}, column {column.name}")
 
 
-def _accepts(cfg: Mapping[str, Any], section: str, key: str) -> bool:
+def _options(cfg: Mapping[str, Any], section: str) -> Dict[str, Any]:
     try:
-        return key in config_lib.section_defaults(cfg, section)
-    except ValueError:
-        return False
+        return config_lib.section_defaults(cfg, section)
+    except ValueError:  # an unknown registry name: validation reports it
+        return {}
+
+
+def _accepts(cfg: Mapping[str, Any], section: str, key: str) -> bool:
+    return key in _options(cfg, section)
 
 
 def apply_overrides(cfgs: Sequence[Dict[str, Any]], overrides: Sequence[str]) -> List[Dict[str, Any]]:
@@ -278,7 +282,9 @@ def apply_overrides(cfgs: Sequence[Dict[str, Any]], overrides: Sequence[str]) ->
         targets = [c for c in out if not sub or head not in config_lib.OPEN_SECTIONS
                    or _accepts(config_lib.merge(config_lib.DEFAULTS, c), head, sub)]
         if not targets:
-            raise config_lib.ConfigError(f"override {text!r}: no run of this experiment has the option {key}")
+            valid = sorted({k for c in out for k in _options(config_lib.merge(config_lib.DEFAULTS, c), head)})
+            raise config_lib.ConfigError(f"override {text!r}: no run of this experiment has the option {key}"
+                                         f"{config_lib.closest(sub, valid)}")
         for c in targets:
             c.update(config_lib.apply_overrides(c, [text]))
     return out

@@ -62,6 +62,17 @@ class RunLocked(RuntimeError):
     """Another process holds this run directory."""
 
 
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` (and its parents) and write a probe file there; raise ``OSError`` where that fails."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(20, "exists and is not a directory", str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-probe{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -118,11 +129,7 @@ class RunDir:
         fails before training leaves no directory): creates its parent (the runs root) and writes a probe there."""
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(20, "exists and is not a directory", str(self.path))
-        where = self.path if self.path.is_dir() else self.path.parent
-        where.mkdir(parents=True, exist_ok=True)
-        probe = where / f".write-probe{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        ensure_writable(self.path if self.path.is_dir() else self.path.parent)
 
     def remove_temp_files(self) -> List[str]:
         """Delete the temporary files of atomic writes killed midway (``.<name>.tmp<pid>``); returns their names.

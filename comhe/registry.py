@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import typing
 from typing import Callable, Dict, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -40,3 +41,21 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def keyword_types(fn: Callable) -> Dict[str, type]:
+    """The plain types (bool, int, float, str) of ``fn``'s annotated parameters, ``Optional[X]`` read as ``X``.
+
+    Config validation uses them where a default is ``None`` ("decided from other options") and so says nothing."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that does not evaluate: no type to check against
+        return {}
+    out = {}
+    for name, hint in hints.items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) is typing.Union and len(args) == 1:
+            hint = args[0]
+        if hint in (bool, int, float, str):
+            out[name] = hint
+    return out

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import config as config_lib
-from . import experiments, runner
+from . import experiments, records, runner
 
 
 def _options(pairs: List[str]) -> dict:
@@ -64,6 +64,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (experiments.ExperimentError, config_lib.ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not args.dry_run:  # fail before training anything, not when the first record or table is written
+        folders = ([] if args.no_figures else [Path(args.figures)]) + [runs_root]
+        try:
+            for folder in folders:
+                records.ensure_writable(folder)
+        except OSError as err:
+            print(f"error: cannot write to {err.filename or folder}: {err.strerror or err}; pick writable folders "
+                  f"with --results / --figures (make RESULTS=... FIGURES=...)", file=sys.stderr)
+            return 2
     if args.dry_run:
         runner.dry_run(plan, runs_root)
         return 0

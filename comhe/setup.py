@@ -73,8 +73,11 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
         torch.set_num_threads(cfg["threads"])
     seed_everything(cfg["seed"], cfg["deterministic"])
     if bundle is None:
+        data_options = dict(cfg["data"])
+        if data.takes_workers(cfg["dataset"]):
+            data_options["workers"] = cfg["workers"]
         bundle = data.build(cfg["dataset"], root=cfg["data_root"] or None, device=device, download=download,
-                            **cfg["data"])
+                            **data_options)
     if cfg["batch_size"] % ctx.world_size:
         raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by the {ctx.world_size} processes")
     options = dict(cfg["model_options"])

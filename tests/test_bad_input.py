@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import torch
 
-from comhe import synthetic, train
+from comhe import run, synthetic, train
 from run_helpers import REPO
 
 BASE = {"dataset": "synthetic", "data": {"num_classes": 4, "train_per_class": 8, "test_per_class": 4},
@@ -55,6 +55,10 @@ def assert_refused(code, err, run_dir, *needles):
     (None, ["regularizer=rp_comhe", "reg.proj_dimm=3"], ["unknown option reg.proj_dimm", "closest: proj_dim"]),
     (None, ["regularizer=rp_comhe", "reg.proj_dim=0"], ["proj_dim must be an integer >= 1, got 0"]),
     (None, ["regularizer=rp_comhe", "reg.num_proj=-2"], ["num_proj must be an integer >= 1, got -2"]),
+    (None, ["regularizer=mhe", "reg.lambda_hidden=abc"], ["reg.lambda_hidden must be float, got 'abc'"]),
+    (None, ["regularizer=mhe", "reg.layers=all"], ["regularizer 'mhe': unknown layer set 'all'"]),
+    (None, ["model_options.width=-1"], ["model 'cnn6': width"]),
+    (None, ["data.workers=2"], ["unknown option data.workers for 'synthetic'"]),
     (None, ["dataset=cifar1000"], ["unknown dataset 'cifar1000'"]),
     (None, ["dataset=cifar10"], ["unknown option data.num_classes for 'cifar10'; valid: (none)"]),
     (None, ["device=gpu"], ["device 'gpu' is not a torch device: use auto, cpu, cuda"]),
@@ -112,7 +116,7 @@ def test_image_folder_with_an_empty_class(tmp_path, capsys):
     synthetic.write_imagenet_folder(tmp_path / "data", num_classes=2, per_class=2, size=36)
     empty = tmp_path / "data" / "imagenet" / "train" / "n00000007"
     empty.mkdir()
-    code, err, run_dir = run_cli(tmp_path, capsys, {"dataset": "imagenet", "data": {"image_size": 32, "workers": 0},
+    code, err, run_dir = run_cli(tmp_path, capsys, {"dataset": "imagenet", "workers": 0, "data": {"image_size": 32},
                                                     "model": "resnet18", "model_options": {}, "batch_size": 2})
     assert_refused(code, err, run_dir, f"empty class folder(s) {empty}", "every class folder needs at least one")
 
@@ -158,3 +162,60 @@ def test_real_cli_prints_one_line_and_no_traceback(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("error: cifar-10-batches-py missing or incomplete in") and proc.stdout == ""
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+# --- the same through the runner (``make tableN`` / ``python -m comhe.run``) -----------------------------------------
+
+def run_runner(tmp_path, capsys, *args):
+    """``python -m comhe.run <args> --results <tmp>/results --figures <tmp>/figures`` in-process."""
+    code = run.main([*args, "--results", str(tmp_path / "results"), "--figures", str(tmp_path / "figures")])
+    return code, capsys.readouterr().err
+
+
+def assert_runner_refused(tmp_path, code, err, *needles):
+    """Exit 2, one ``error:`` line with the needles, and nothing trained or written: no run, table or figure."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".yaml"]
+    assert written == [], written
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["table1", "reg.proj_dim=0"], ["table1.yaml, row RP-CoMHE", "proj_dim must be an integer >= 1, got 0"]),
+    (["table1", "reg.proj_dimm=5"], ["no run of this experiment has the option reg.proj_dimm", "closest: proj_dim"]),
+    (["table1", "regg.s=1"], ["unknown config key 'regg.s'", "closest: reg"]),
+    (["table1", "reg.lambda_hidden=abc"], ["reg.lambda_hidden must be float, got 'abc'"]),
+    (["table1", "lr=-1"], ["lr must be > 0, got -1"]),
+    (["table1", "--seeds", ","], ["seeds must be distinct and non-empty"]),
+    (["table1", "--seeds", "0"], ["seeds must be >= 1, got 0"]),
+    (["table99"], ["no experiment 'table99': valid names are table1"]),
+], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("table") else None)
+def test_runner_refuses_bad_options_before_training(tmp_path, capsys, args, needles):
+    code, err = run_runner(tmp_path, capsys, *args, "--profile", "smoke")
+    assert_runner_refused(tmp_path, code, err, *needles)
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("rows: [\n  {name: a\ncolumns: 1\n", ["bad.yaml: line 3, column 8 is not valid YAML (expected ',' or '}'"]),
+    ("- a list\n", ["bad.yaml: must hold a mapping"]),
+    ("rows: [{name: a}]\ncolumns: [{name: b}]\nseeds: []\n", ["seeds must be distinct and non-empty, got []"]),
+    ("rows: [{name: a, config: {}}]\ncolumns: [{name: b}]\nbase: {lr: -0.1}\n", ["row a, column b: lr must be > 0"]),
+    ("rows: [{name: a}]\ncolums: [{name: b}]\n", ["unknown key(s) ['colums']"]),
+])
+def test_runner_refuses_a_malformed_experiment_file(tmp_path, capsys, text, needles):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code, err = run_runner(tmp_path, capsys, str(path))
+    assert_runner_refused(tmp_path, code, err, *needles)
+
+
+@pytest.mark.parametrize("blocked", ["results", "figures"])
+def test_runner_with_an_unwritable_results_or_figures_folder(tmp_path, capsys, blocked):
+    (tmp_path / blocked).write_text("a file where a folder should be")
+    code, err = run_runner(tmp_path, capsys, "table1", "--profile", "smoke")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "cannot write to" in lines[0], err
+    assert ("Not a directory" if blocked == "results" else "exists and is not a directory") in lines[0], err
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [tmp_path / blocked]  # no data, run or table

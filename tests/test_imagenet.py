@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from comhe import checkpoint, config, data, engine
+from comhe import checkpoint, config, data, engine, setup
 from comhe.records import RunDir
 from run_helpers import assert_same_run
 
@@ -12,7 +12,7 @@ def imagenet_cfg(tmp_path):
     one step into epoch 1."""
     return config.resolve(base={
         "dataset": "synthetic_imagenet", "data_root": str(tmp_path / "data"),
-        "data": {"image_size": 32, "num_classes": 3, "per_class": 4, "size": 40, "workers": 0},
+        "workers": 0, "data": {"image_size": 32, "num_classes": 3, "per_class": 4, "size": 40},
         "model": "resnet18", "iterations": 6, "milestones": [4], "lr": 0.02, "batch_size": 4, "eval_every": 3,
         "checkpoint_every": 4, "eval_batch_size": 5, "threads": 1})
 
@@ -68,3 +68,23 @@ def test_loader_stream_resumed_at_any_step_yields_the_same_batches(tmp_path):
         for x, y in batches[start:]:
             rx, ry = resumed.next_batch()
             assert torch.equal(rx, x) and torch.equal(ry, y), f"resumed at step {start}"
+
+
+def test_the_workers_key_reaches_the_image_loader(tmp_path, monkeypatch):
+    """``workers`` (top level, not part of the run's identity) sets the DataLoader workers; ``data.workers`` is no
+    option (it would change the run's hash and retrain it)."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_bundle(name, top, device, image_size, workers):
+        seen["workers"] = workers
+        raise Stop
+
+    monkeypatch.setattr(data, "_imagenet_bundle", fake_bundle)
+    cfg = config.resolve(base={**imagenet_cfg(tmp_path), "workers": 3})
+    with pytest.raises(Stop):
+        setup.prepare(cfg)
+    assert seen == {"workers": 3}
+    assert "workers" not in config.section_defaults(cfg, "data")
