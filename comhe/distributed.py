@@ -53,6 +53,12 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if ctx.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def any_rank(flag: bool, ctx: DistContext, device) -> bool:
     """True on every rank if ``flag`` is true on any: for decisions all ranks must take together (a stop signal
     that reached only some ranks)."""

@@ -7,6 +7,10 @@ Iteration ``i`` means ``i`` SGD updates done. The LR is ``lr * lr_decay ** (numb
 update that follows, as the official loop multiplies the LR when ``i`` reaches a milestone. The official code
 evaluates after update 500k+1 (its test runs after the update of step ``i % 500 == 0``); we evaluate after ``500k``
 updates, and also at iteration 0 (the init oracle of PAPER.md §2 and the start of the dynamics curves).
+
+Divergence: every ``CHECK_EVERY`` iterations (and at each evaluation and checkpoint) the host reads how many steps
+since the last check had a non-finite loss (counted on the device, no per-step sync); if any, the run stops, is
+recorded as diverged with the first non-finite iteration (``final.json``: ``diverged_at``) and shows as N/C.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -90,15 +94,18 @@ def _global_window(window: Dict[str, torch.Tensor], ctx: distributed.DistContext
     return {k: v / ctx.world_size if k in PER_STEP else v for k, v in total.items()}
 
 
-STOP_SYNC_EVERY = 20  # DDP: iterations between agreements on a stop signal (an all-reduce and a host sync each)
+CHECK_EVERY = 20  # iterations between host checks for a non-finite loss and, under DDP, agreements on a stop
 
 
-def _stop_agreed(stop: "_StopRequest", iteration: int, s: Setup) -> bool:
-    """Whether to checkpoint and stop now; under DDP all ranks decide together (a signal may reach one rank, or
-    reach them at different iterations), else the others would wait in the next step's all-reduce forever."""
-    if not s.ctx.enabled:
-        return stop.requested
-    return iteration % STOP_SYNC_EVERY == 0 and distributed.any_rank(stop.requested, s.ctx, s.device)
+def _agree(stop: "_StopRequest", nonfinite: torch.Tensor, s: Setup) -> Tuple[bool, int]:
+    """(stop now, non-finite steps since the last check), the same on every rank: one all-reduce (MAX) and one
+    host sync. A stop signal may reach one rank only, or the ranks at different iterations; they must decide
+    together, else the others would wait in the next step's all-reduce forever."""
+    box = torch.stack([torch.tensor(float(stop.requested), device=s.device), nonfinite.float()])
+    if s.ctx.enabled:
+        distributed.all_reduce_max(box, s.ctx)
+    requested, bad = box.tolist()
+    return bool(requested), int(bad)
 
 
 def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_error: float,
@@ -210,6 +217,9 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     if iteration == 0 and not run.read_metrics():
         log_eval(0)
     final_row = None
+    # Non-finite steps since the last check, counted on the device (no sync per step). Once the loss is NaN the
+    # weights are NaN and every later step is too, so the first non-finite iteration is the check's minus the count.
+    nonfinite = torch.zeros((), device=s.device)
     with _StopRequest() as stop:
         while iteration < cfg["iterations"]:
             x, y = _to_device(*s.loader.next_batch(), s)
@@ -220,14 +230,23 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
             window["reg"] += reg_loss
             window["seen"] += y.numel()
             window["steps"] += 1
-            if iteration % cfg["eval_every"] == 0 or iteration == cfg["iterations"]:
+            nonfinite += ~torch.isfinite(loss + reg_loss)
+            at_eval = iteration % cfg["eval_every"] == 0 or iteration == cfg["iterations"]
+            at_checkpoint = iteration % cfg["checkpoint_every"] == 0
+            stopping = False
+            # Every rank reaches the same checks (they depend on the iteration only, or on a flag only a single
+            # process has): the all-reduce inside _agree is a collective.
+            if at_eval or at_checkpoint or iteration % CHECK_EVERY == 0 or (stop.requested and not s.ctx.enabled):
+                stopping, bad = _agree(stop, nonfinite, s)
+                if bad:
+                    return _finish(s, run, main, iteration, best, clock(), diverged=True, last_row=final_row,
+                                   diverged_at=iteration - bad + 1)
+                nonfinite.zero_()
+            if at_eval:
                 window = _global_window(window, s.ctx)  # all ranks see the same sums: they take the same branch
-                if not math.isfinite(window["loss"].item() + window["reg"].item()):
-                    return _finish(s, run, main, iteration, best, clock(), diverged=True, last_row=final_row)
                 final_row = log_eval(iteration)
                 window = _new_window(s.device)
-            stopping = _stop_agreed(stop, iteration, s)
-            if iteration % cfg["checkpoint_every"] == 0 or stopping:
+            if at_checkpoint or stopping:
                 saved = _global_window(window, s.ctx)  # a collective: every rank takes this branch
                 if main:
                     checkpoint.save(run.checkpoint_dir, iteration, _state(s, iteration, saved, best, clock()))
@@ -240,14 +259,15 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
 
 
 def _finish(s: Setup, run: RunDir, main: bool, iteration: int, best: Dict[str, float], seconds: float,
-            diverged: bool, last_row: Optional[Dict[str, Any]], images_per_s: float = float("nan")) -> Dict[str, Any]:
+            diverged: bool, last_row: Optional[Dict[str, Any]], images_per_s: float = float("nan"),
+            diverged_at: Optional[int] = None) -> Dict[str, Any]:
     if last_row is None and not diverged:
         rows = run.read_metrics()
         last_row = {k: float(v) for k, v in rows[-1].items()} if rows else {}
     final = {
         "status": "diverged" if diverged else "finished",
         "iterations": iteration,
-        "diverged_at": iteration if diverged else None,
+        "diverged_at": diverged_at if diverged else None,  # the first iteration whose loss was not finite
         "final_test_error": None if diverged else last_row.get("test_error"),
         "best_test_error": None if diverged else best["test_error"],
         "best_iteration": None if diverged else best["iteration"],

@@ -110,7 +110,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         distributed.shutdown(ctx)
     if final["status"] == "diverged":
         if ctx.is_main:
-            print(f"{run_dir}: diverged (non-finite loss) by iteration {final['diverged_at']}: N/C")
+            print(f"{run_dir}: diverged (non-finite loss from iteration {final['diverged_at']}, stopped at "
+                  f"{final['iterations']}): N/C")
         return 4
     if ctx.is_main:
         print(f"{run_dir}: final test error {final['final_test_error']:.2f}% "

@@ -175,7 +175,7 @@ def test_evaluation_batches_split_over_ranks_cover_the_test_set_once(tmp_path, k
 @pytest.mark.slow  # ~45 s: a reference run and two torchrun launches
 def test_stop_signal_to_rank_0_only_checkpoints_and_resumes(tmp_path):
     """SIGTERM reaches rank 0 alone (the other rank never learns of it from the OS): both ranks must agree to stop
-    (at the next multiple of engine.STOP_SYNC_EVERY), rank 0 checkpoints, both exit 143; the relaunch resumes there
+    (at the next multiple of engine.CHECK_EVERY, the evaluations' cadence too), rank 0 checkpoints, both exit 143; the relaunch resumes there
     and ends bitwise equal to the uninterrupted reference."""
     cfg = small_cfg(tmp_path, batch_size=16, lr=0.01, iterations=100, milestones=[80], eval_every=20,
                     checkpoint_every=1000)  # no periodic checkpoint: the resume point is the stop's
@@ -193,7 +193,7 @@ def test_stop_signal_to_rank_0_only_checkpoints_and_resumes(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and err.count("stopped by a signal at iteration") == 2, err[-3000:]
     stopped_at = checkpoint.load_latest(run.checkpoint_dir)["iteration"]
-    assert 0 < stopped_at < 100 and stopped_at % engine.STOP_SYNC_EVERY == 0 and run.status() == "partial"
+    assert 0 < stopped_at < 100 and stopped_at % engine.CHECK_EVERY == 0 and run.status() == "partial"
     again = torchrun(cfg_path, run.path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert run.read_meta()["resumed_from"] == stopped_at
@@ -208,4 +208,4 @@ def test_divergence_under_ddp_stops_every_rank(tmp_path):
     proc = torchrun(cfg_path, run.path)
     assert proc.returncode != 0 and proc.stdout.count("N/C") == 1, proc.stderr[-3000:]
     final = run.read_final()
-    assert final["status"] == "diverged" and final["diverged_at"] == 4
+    assert final["status"] == "diverged" and 1 <= final["diverged_at"] <= final["iterations"] == 4

@@ -136,7 +136,32 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, regularizer, reg):
 def test_divergence_is_recorded(tmp_path):
     cfg = tiny_cfg(tmp_path, lr=1e6, iterations=20, loss="cross_entropy")
     final = engine.train(cfg, tmp_path / "run")
-    assert final["status"] == "diverged" and final["diverged_at"] == 10 and final["final_test_error"] is None
+    assert final["status"] == "diverged" and final["final_test_error"] is None
+    assert 1 <= final["diverged_at"] <= final["iterations"] == 10  # found at the first check (the evaluation)
+
+
+@pytest.mark.parametrize("first_nan", [7, 23])
+def test_divergence_stops_at_the_next_check_and_names_the_first_bad_iteration(tmp_path, first_nan):
+    """The loss turns NaN at ``first_nan`` (the weights with it, as a real divergence does): the run stops at the next
+    check (every engine.CHECK_EVERY iterations, evaluations and checkpoints), long before its next evaluation, and
+    records ``first_nan``."""
+    cfg = tiny_cfg(tmp_path, iterations=200, eval_every=100, checkpoint_every=100, milestones=[150])
+    s = engine.prepare(cfg)
+    real_step, calls = s.step, []
+
+    def step(x, y, lr):
+        calls.append(lr)
+        if len(calls) == first_nan:
+            with torch.no_grad():
+                for p in s.model.parameters():
+                    p.fill_(float("nan"))
+        return real_step(x, y, lr)
+
+    s.step = step
+    final = engine.train(cfg, tmp_path / "run", setup=s)
+    stop = -(-first_nan // engine.CHECK_EVERY) * engine.CHECK_EVERY
+    assert final["status"] == "diverged" and final["diverged_at"] == first_nan
+    assert final["iterations"] == len(calls) == stop
 
 
 def test_cli_resumes_and_skips_finished(tmp_path):
