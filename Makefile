@@ -68,8 +68,10 @@ ARGS     ?=
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
 OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP
 SPACE     := $(subst ,, )
-CMDLINE   := $(subst \$(SPACE),^,$(MAKEOVERRIDES))  # make escapes a space inside a value as "\ "
-OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(a)))),,'$(subst ^,$(SPACE),$(a))'))
+CMDLINE   := $(subst $$$$,$$,$(subst \$(SPACE),^,$(MAKEOVERRIDES)))  # make escapes a space as "\ ", a $ as $$
+Q         := '
+# Each override is one single-quoted shell word; a ' inside it is written '\'' so that no value can end the quoting.
+OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(a)))),,'$(subst $(Q),$(Q)\$(Q)$(Q),$(subst ^,$(SPACE),$(a)))'))
 RUN_FLAGS  = --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)) --nproc $(NPROC) --launcher $(LAUNCHER) \
              --results $(RESULTS) --figures $(FIGURES) \
              $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \

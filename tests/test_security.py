@@ -176,3 +176,16 @@ def test_cifar_archive_with_a_traversal_member_is_refused(tmp_path, monkeypatch)
     with pytest.raises(data.DatasetUnavailable, match="was not extracted: '../escape' would be extracted to"):
         data._ensure_cifar(CIFAR10, root, download=False)
     assert not (tmp_path / "escape").exists() and not (root / "cifar-10-batches-py").exists()
+
+
+@pytest.mark.parametrize("override", ["lr=0.1';touch pwned;'", "reg.s=a1", "data_root=/a b/c", 'x=$(touch pwned)'])
+def test_make_passes_an_override_as_one_word_whatever_it_holds(override):
+    """`make table1 <override>` builds a shell command: the override must reach the runner as one argument, verbatim
+    (no quote in it may end the quoting, no $(...) may run)."""
+    import shlex
+    import subprocess
+    out = subprocess.run(["make", "-n", "-s", "table1", override, "VENV=.venv", "STAMP=Makefile"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60).stdout
+    command = next(line for line in out.splitlines() if "comhe.run table1" in line)
+    words = shlex.split(command)
+    assert words[-1] == override, words
