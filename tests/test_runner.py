@@ -5,6 +5,7 @@ import _thread
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,16 +21,30 @@ from comhe.records import RunDir, run_name
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make(*args, tmp_path, timeout=600):
-    """``make`` in the repository with this interpreter; the venv stamp is taken as current (-o: never reinstall)."""
-    stamp = subprocess.run("cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1", shell=True, cwd=REPO,
+def make(*args, tmp_path, timeout=600, cwd=REPO, outputs_in_tmp=True):
+    """``make`` in ``cwd`` with this interpreter; the venv stamp is taken as current (-o: never reinstall)."""
+    stamp = subprocess.run("cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1", shell=True, cwd=cwd,
                            capture_output=True, text=True).stdout.strip()
     env = {**os.environ, "COMHE_DATA": str(tmp_path / "data")}
-    cmd = ["make", "--no-print-directory", "-o", f".venv/.installed-{stamp}", f"PYTHON={sys.executable}",
-           f"RESULTS={tmp_path / 'results'}", f"FIGURES={tmp_path / 'figures'}", *args]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    outputs = [f"RESULTS={tmp_path / 'results'}", f"FIGURES={tmp_path / 'figures'}"] if outputs_in_tmp else []
+    cmd = ["make", "--no-print-directory", "-o", f".venv/.installed-{stamp}", f"PYTHON={sys.executable}", *outputs,
+           *args]
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
+
+
+def fresh_checkout(where: Path) -> Path:
+    """The files a clone of this working tree would have (tracked and not-ignored untracked files, as they are now):
+    no results, figures, data or caches of this checkout come along."""
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():  # a tracked file deleted in the working tree is not there
+            (where / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, where / name)
+    return where
 
 
 def finals(runs_root: Path):
@@ -37,11 +52,15 @@ def finals(runs_root: Path):
 
 
 def test_make_table1_smoke_end_to_end(tmp_path):
-    out = make("table1", "PROFILE=smoke", tmp_path=tmp_path)
-    results, runs_root = tmp_path / "results", tmp_path / "results" / "runs"
+    """On a fresh checkout, with its default output folders: the tables and a figure, then a second invocation trains
+    nothing, DRY=1 lists, a changed config is new runs, a partial run is the only one retrained."""
+    clone = fresh_checkout(tmp_path / "clone")
+    assert not (clone / "results" / "runs").exists() and not (clone / ".venv").exists()
+    out = make("table1", "PROFILE=smoke", tmp_path=tmp_path, cwd=clone, outputs_in_tmp=False)
+    results, runs_root = clone / "results", clone / "results" / "runs"
     for ext in ("csv", "md", "tex"):
         assert (results / f"table1.{ext}").stat().st_size > 500
-    assert (tmp_path / "figures" / "table1.png").stat().st_size > 5000
+    assert (clone / "figures" / "table1.png").stat().st_size > 5000
     table = pd.read_csv(results / "table1.csv")
     assert len(table) == 30 and set(table["status"]) == {"done"}          # 5 methods x 3 depths x 2 smoke seeds
     assert table["final_test_error"].between(0, 100).all() and set(table["dataset"]) == {"synthetic"}
@@ -50,13 +69,15 @@ def test_make_table1_smoke_end_to_end(tmp_path):
     assert "30 to train" in out
     first = finals(runs_root)
     assert len(first) == 30 and not any((runs_root / n / "checkpoints").exists() for n in first)  # smoke: no weights
+    records = json.loads((runs_root / sorted(first)[0] / "final.json").read_text())
+    assert records["status"] == "finished"
 
-    again = make("table1", "PROFILE=smoke", tmp_path=tmp_path)                  # trains nothing
+    again = make("table1", "PROFILE=smoke", tmp_path=tmp_path, cwd=clone, outputs_in_tmp=False)  # trains nothing
     assert "30 finished (not retrained), 0 to train" in again and finals(runs_root) == first
 
     partial = sorted(first)[0]
     (runs_root / partial / "final.json").unlink()                               # a run interrupted half-way
-    listing = make("table1", "PROFILE=smoke", "DRY=1", "lr=0.05", tmp_path=tmp_path)
+    listing = make("table1", "PROFILE=smoke", "DRY=1", "lr=0.05", tmp_path=tmp_path, cwd=clone, outputs_in_tmp=False)
     assert "29 done, 1 partial, 0 todo" not in listing and "0 done, 0 partial, 30 todo" in listing  # a changed config
     assert finals(runs_root).keys() == set(first) - {partial}                   # DRY trains and writes nothing
     plan = runner.make_plan(["table1"], "smoke")
