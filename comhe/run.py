@@ -80,9 +80,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.collect_only:
         from .data import DatasetUnavailable
         from .engine import Preempted
+        measured = runner.measured_defaults(results) if args.launcher == "local" else {}  # {} on the CPU
         jobs = args.jobs
         if jobs is None:  # a DDP run takes the GPUs it needs; a SLURM array's parallelism is unbounded by default
-            jobs = runner.default_jobs(results) if args.launcher == "local" and args.nproc <= 1 else 1
+            jobs = runner.default_jobs(results, measured) if args.launcher == "local" and args.nproc <= 1 else 1
+        if not {o.split("=", 1)[0] for o in overrides} & {"compile", "cuda_graph"}:
+            modes = {model: mode for model, mode in (measured.get("modes") or {}).items()
+                     if args.nproc <= 1 or mode != "cuda_graph"}  # CUDA graphs are single-process
+            changed = runner.apply_step_modes(plan, modes)
+            if changed:
+                print(f"step mode measured fastest on this card by make bench-gpu: {', '.join(changed)} "
+                      f"(compile=false cuda_graph=false turns it off)")
         try:
             counts = runner.train(plan, runs_root, jobs, args.launcher, options, nproc=args.nproc)
         except (DatasetUnavailable, config_lib.ConfigError) as err:

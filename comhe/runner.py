@@ -80,22 +80,49 @@ def _cpu_threads(processes: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(processes, 1))
 
 
-def default_jobs(results: Path = Path("results")) -> int:
-    """Local workers when JOBS is not given: 1 on the CPU (a run uses every core); on CUDA the best count measured by
-    ``make bench-gpu`` on this card (``<results>/bench/best_jobs.json``, or ``results/bench/``), else 4."""
+def measured_defaults(results: Path = Path("results")) -> Dict[str, Any]:
+    """What ``make bench-gpu`` measured on this CUDA card (``<results>/bench/best_jobs.json``, or ``results/bench/``):
+    ``best_jobs`` and, per model, the fastest step mode ``modes``. Empty on the CPU or for a card not measured."""
     import torch
     if not torch.cuda.is_available():
-        return 1
+        return {}
     name = torch.cuda.get_device_name(0)
     for path in dict.fromkeys([Path(results) / "bench" / "best_jobs.json", Path("results/bench/best_jobs.json")]):
         try:
             measured = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        jobs = measured.get("best_jobs") if isinstance(measured, dict) else None
-        if measured.get("device") == name and isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1:
-            return jobs
+        if isinstance(measured, dict) and measured.get("device") == name:
+            return measured
+    return {}
+
+
+def default_jobs(results: Path = Path("results"), measured: Optional[Dict[str, Any]] = None) -> int:
+    """Local workers when JOBS is not given: 1 on the CPU (a run uses every core); on CUDA the best count measured by
+    ``make bench-gpu`` on this card, else 4."""
+    import torch
+    if not torch.cuda.is_available():
+        return 1
+    jobs = (measured_defaults(results) if measured is None else measured).get("best_jobs")
+    if isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1:
+        return jobs
     return 4  # not measured on this card; run make bench-gpu
+
+
+STEP_MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile": {"compile": True}}
+
+
+def apply_step_modes(plan: Plan, modes: Dict[str, str]) -> List[str]:
+    """Give each planned run of a model in ``modes`` (model -> eager / cuda_graph / compile, as ``make bench-gpu``
+    measured on this card) that step mode. The keys are outside a run's identity: names and results are unchanged,
+    only the speed. Returns ``model: mode`` for each model changed."""
+    changed = []
+    for run in plan.runs:
+        keys = STEP_MODES.get(modes.get(run.cfg["model"], "eager"), {})
+        if keys:
+            run.cfg = {**run.cfg, **keys}
+            changed.append(f"{run.cfg['model']}: {modes[run.cfg['model']]}")
+    return sorted(set(changed))
 
 
 def prepare_configs(pending: Sequence[Planned], jobs: int, nproc: int = 1) -> List[Dict[str, Any]]:

@@ -6,10 +6,15 @@
    interleaved rounds, the median kept, so clock and thermal drift hit all of them alike.
 2. The wall time of a full-protocol CNN-9 run (75k iterations + 150 evaluations of 10k images), extrapolated from the
    timed windows.
-3. Aggregate throughput of 1, 2, 4 and 8 concurrent ResNet-32 runs on the card (worker processes), and the best
-   ``JOBS`` (written to ``results/bench/best_jobs.json``, which the runner reads as its default on CUDA).
+3. Aggregate throughput of 1, 2, 4 and 8 concurrent ResNet-32 runs on the card (worker processes, timed together
+   once all have warmed up), and the best ``JOBS``.
 
-    PYTHONPATH=. python -m comhe.bench.gpu [--quick] [--out results/bench]
+The runner's defaults on this card go to ``results/bench/best_jobs.json``: ``JOBS`` and, per model, the step mode
+(eager / cuda_graph / compile) that measured fastest; ``make tableN`` uses them on CUDA unless told otherwise.
+``--budget-s`` (default 420) bounds the whole script: configurations not started in time are listed as skipped
+(the ``compile`` ones, slowest to set up, come last).
+
+    PYTHONPATH=. python -m comhe.bench.gpu [--quick] [--budget-s 420] [--out results/bench]
 
 Every configuration that fails (e.g. a mode a torch version cannot capture) is recorded with its error; the script
 goes on. Goals (GPU issue): RP-CoMHE step <= 1.15x baseline on CNN-9, <= 1.3x on ResNet-32; CNN-9 baseline >= 30%
@@ -20,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import math
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -71,16 +78,23 @@ def device_name(device: torch.device) -> str:
 
 
 def step_table(bundle, models: List[str], regs: List[str], modes: List[str], steps: int, rounds: int,
-               batch: int = 128, self_test: bool = False) -> List[Dict]:
+               batch: int = 128, self_test: bool = False, setup_until: float = math.inf,
+               rounds_until: float = math.inf) -> List[Dict]:
+    """Set every configuration up (mode by mode: the slow ``compile`` ones last) until ``setup_until`` (a
+    ``time.time()``), then time them in interleaved rounds; rounds after the first stop at ``rounds_until``."""
     device = bundle.train_images.device
     peak = peak_flops(device_name(device))
     rows, setups = [], {}
-    for model_key in models:
-        for reg in regs:
-            for mode in modes:
+    for mode in modes:
+        for model_key in models:
+            for reg in regs:
                 if mode == "compile" and reg not in ("none", "rp_comhe"):
                     continue  # compile time is minutes per configuration: only the two the goals name
                 key = (model_key, reg, mode)
+                if time.time() > setup_until:
+                    rows.append({"model": model_key, "regularizer": reg, "mode": mode,
+                                 "error": "skipped: over the time budget (--budget-s)"})
+                    continue
                 try:
                     s = make_setup(model_key, reg, mode, bundle, batch, self_test)
                     time_steps(s, 2 if self_test else 8)  # warm-up: graph capture, compilation, cuDNN autotuning
@@ -88,7 +102,9 @@ def step_table(bundle, models: List[str], regs: List[str], modes: List[str], ste
                 except Exception as err:  # record and go on: one broken mode must not hide the others
                     rows.append({"model": model_key, "regularizer": reg, "mode": mode, "error": repr(err)[:200]})
     samples: Dict[tuple, List[float]] = {k: [] for k in setups}
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        if round_index and time.time() > rounds_until:
+            break
         for key, s in setups.items():
             try:
                 samples[key].append(time_steps(s, steps))
@@ -122,22 +138,30 @@ def protocol_time(bundle, mode: str, step_ms: float, self_test: bool = False) ->
 
 
 def concurrency(jobs_list: List[int], duration: float, mode: str, self_test: bool = False,
-                warmup_s: float = 40) -> List[Dict]:
-    """Aggregate images/s of ``jobs`` ResNet-32 worker processes training at the same time on one device."""
+                until: float = math.inf) -> List[Dict]:
+    """Aggregate images/s of ``jobs`` ResNet-32 worker processes training at the same time on one device. Each worker
+    warms up (capture, compile, autotuning), says READY and waits for a go file; all then time ``duration`` s
+    together. A job count that would start after ``until`` (a ``time.time()``) is skipped."""
     rows = []
-    for jobs in jobs_list:
-        start_at = time.time() + warmup_s + 2 * jobs  # every worker starts timing at once, after its warm-up
-        extra = ["--self-test"] if self_test else []
-        procs = [subprocess.Popen([sys.executable, "-m", "comhe.bench.gpu", "--worker", "--mode", mode,
-                                   "--start-at", str(start_at), "--duration", str(duration)] + extra,
-                                  stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
-        rates = []
-        for p in procs:
-            out, _ = p.communicate(timeout=600)
-            rates += [float(line.split()[1]) for line in out.splitlines() if line.startswith("RATE")]
-        rows.append({"jobs": jobs, "workers_ok": len(rates), "aggregate_images_per_s": sum(rates),
-                     "per_run_images_per_s": sum(rates) / max(len(rates), 1)})
-    base = rows[0]["aggregate_images_per_s"] if rows else float("nan")
+    with tempfile.TemporaryDirectory() as scratch:
+        for jobs in jobs_list:
+            if time.time() > until:
+                print(f"concurrency: {jobs} jobs skipped (over the time budget)")
+                continue
+            go = Path(scratch) / f"go-{jobs}"
+            extra = ["--self-test"] if self_test else []
+            procs = [subprocess.Popen([sys.executable, "-m", "comhe.bench.gpu", "--worker", "--mode", mode,
+                                       "--go-file", str(go), "--duration", str(duration)] + extra,
+                                      stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
+            ready = [p.stdout.readline().strip() == "READY" for p in procs]  # blocks until each has warmed up
+            go.write_text("")
+            rates = []
+            for p in procs:
+                out, _ = p.communicate(timeout=600)
+                rates += [float(line.split()[1]) for line in out.splitlines() if line.startswith("RATE")]
+            rows.append({"jobs": jobs, "workers_ok": len(rates), "workers_ready": sum(ready),
+                         "aggregate_images_per_s": sum(rates), "per_run_images_per_s": sum(rates) / max(len(rates), 1)})
+    base = rows[0]["aggregate_images_per_s"] if rows and rows[0]["jobs"] == 1 else float("nan")
     for r in rows:
         r["speedup_vs_1"] = r["aggregate_images_per_s"] / base if base else float("nan")
     return rows
@@ -149,13 +173,30 @@ def worker(args) -> None:
     bundle = synthetic_bundle(device, train=SELF_TEST["train"] if args.self_test else 5000, test=256)
     s = make_setup("resnet32", "none", args.mode, bundle, batch, args.self_test)
     time_steps(s, chunk)
-    while time.time() < args.start_at:
-        time.sleep(0.01)
+    print("READY", flush=True)
+    go = Path(args.go_file)
+    while not go.exists():
+        time.sleep(0.005)
     steps, begin = 0, time.perf_counter()
     while time.perf_counter() - begin < args.duration:
         time_steps(s, chunk)
         steps += chunk
     print(f"RATE {steps * batch / (time.perf_counter() - begin):.1f}", flush=True)
+
+
+def best_modes(rows: List[Dict]) -> Dict[str, str]:
+    """Per model, the step mode with the lowest summed step time of the baseline and RP-CoMHE (both measured in every
+    mode): the runner's default for runs of that model on this card."""
+    out = {}
+    for model_key in {r["model"] for r in rows if not r.get("error")}:
+        totals = {}
+        for r in rows:
+            if r["model"] == model_key and not r.get("error") and r["regularizer"] in ("none", "rp_comhe"):
+                totals.setdefault(r["mode"], []).append(r["step_ms"])
+        complete = {m: sum(t) for m, t in totals.items() if len(t) == 2}
+        if complete:
+            out[model_key] = min(complete, key=complete.get)
+    return out
 
 
 def main(argv=None) -> None:
@@ -165,7 +206,10 @@ def main(argv=None) -> None:
     p.add_argument("--skip-concurrency", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="eager", help=argparse.SUPPRESS)
-    p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--go-file", default="", help=argparse.SUPPRESS)
+    p.add_argument("--budget-s", type=float, default=420,
+                   help="stop starting new measurements after this many seconds (default 420: the script ends "
+                        "within the GPU issue's 8 minutes); skipped configurations are listed as such")
     p.add_argument("--duration", type=float, default=15.0, help=argparse.SUPPRESS)
     p.add_argument("--self-test", action="store_true",
                    help="run every part on the CPU at toy sizes (tests the script; its numbers mean nothing)")
@@ -188,7 +232,11 @@ def main(argv=None) -> None:
         regs = ["none", "hs_mhe", "rp_comhe", "ap_comhe"] if args.quick else REGULARIZERS
         modes = ["eager", "cuda_graph"] if args.quick else ["eager", "cuda_graph", "compile"]
         steps, rounds, batch = (20, 3, 128) if args.quick else (50, 5, 128)
-    rows = step_table(bundle, list(MODELS), regs, modes, steps, rounds, batch, args.self_test)
+    # Budget: setups until 45 % of it, timing rounds until 60 %, the protocol evaluation, then concurrency until 85 %
+    # (a job count started then needs its warm-up and duration); the compile configurations come last.
+    budget = args.budget_s
+    rows = step_table(bundle, list(MODELS), regs, modes, steps, rounds, batch, args.self_test,
+                      setup_until=t0 + 0.45 * budget, rounds_until=t0 + 0.6 * budget)
     for r in rows:
         r.update(device=name, torch=torch.__version__)
     write_csv(out / "gpu_steps.csv", rows)
@@ -208,21 +256,26 @@ def main(argv=None) -> None:
         write_csv(out / "gpu_protocol.csv", [{**proto, "device": name}])
         print(f"\nfull-protocol CNN-9 RP-CoMHE run ({best['mode']}): {proto['full_run_min']:.2f} min "
               f"(75k steps at {best['step_ms']:.3f} ms + 151 evals at {proto['eval_s']:.2f} s)")
+    measured = {"device": name, "torch": torch.__version__, "modes": best_modes(rows)}
     if not args.skip_concurrency:
         base_modes = [r for r in ok if r["model"] == "resnet32" and r["regularizer"] == "none"]
         mode = min(base_modes, key=lambda r: r["step_ms"])["mode"] if base_modes else "eager"
-        if args.self_test:
-            conc = concurrency([1, 2], 2.0, mode, self_test=True, warmup_s=25)
-        else:
-            conc = concurrency([1, 2, 4] if args.quick else [1, 2, 4, 8], 10 if args.quick else 15, mode)
+        jobs_list = [1, 2] if args.self_test else [1, 2, 4] if args.quick else [1, 2, 4, 8]
+        conc = concurrency(jobs_list, 2.0 if args.self_test else 10, mode, self_test=args.self_test,
+                           until=t0 + 0.85 * budget)
         write_csv(out / "gpu_concurrency.csv", [{**r, "device": name, "mode": mode} for r in conc])
         print("\njobs  aggregate img/s  per run  x vs 1")
         for r in conc:
             print(f"{r['jobs']:>4} {r['aggregate_images_per_s']:>16.0f} {r['per_run_images_per_s']:>8.0f} "
                   f"{r['speedup_vs_1']:>7.2f}")
-        best_jobs = max(conc, key=lambda r: r["aggregate_images_per_s"])["jobs"]
-        if not args.self_test:  # the runner's default JOBS on this card
-            (out / "best_jobs.json").write_text(json.dumps({"device": name, "best_jobs": best_jobs, "mode": mode}))
+        if conc:
+            measured.update(best_jobs=max(conc, key=lambda r: r["aggregate_images_per_s"])["jobs"],
+                            concurrency_mode=mode)
+    print(f"\nrunner defaults on this card: JOBS={measured.get('best_jobs', '(not measured)')}, "
+          f"step modes {measured['modes'] or '(none measured)'}")
+    # The runner reads best_jobs.json on this card: default JOBS, and per model the step mode. A self-test's numbers
+    # mean nothing: it writes best_jobs.self_test.json, which nothing reads.
+    (out / ("best_jobs.self_test.json" if args.self_test else "best_jobs.json")).write_text(json.dumps(measured))
     print(f"\nwrote {out}/gpu_*.csv in {time.time() - t0:.0f} s")
 
 
