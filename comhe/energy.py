@@ -192,6 +192,10 @@ def hyperspherical_energy(w: Tensor, s: Power = 2, half_space: bool = False, eps
     s: ``0, 1, 2, "a0", "a1", "a2"`` (table in the module docstring). half_space: add the virtual neurons ``-w``.
     eps: added to ``|w_i|^2`` inside the norm (official: 1e-4; 0 = exact). reduction: ``"mean"`` over unordered pairs
     (official) or ``"sum"`` (Thomson convention). One neuron has no pair in full space: its energy is 0.
+
+    A conv weight ``[out, in, kh, kw]`` would be read as a batch of ``[kh, kw]`` neuron sets: pass ``neurons(weight)``.
+    With ``eps=0`` a zero neuron has no direction and gives NaN (with ``eps > 0`` it stays finite); the angular
+    powers keep their fixed ``+1e-4`` inside the log / power whatever ``eps`` is (PAPER.md §1).
     """
     _check_neurons(w)
     if eps < 0:
