@@ -302,4 +302,5 @@ def plan(exp: Experiment, overrides: Sequence[str] = ()) -> List[CellRun]:
             except config_lib.ConfigError as err:
                 raise config_lib.ConfigError(f"{exp.path.name}, row {row.name}, column {column.name}: {err}") from None
             out.append(CellRun(exp.name, row.name, column.name, seed, resolved, run_name(resolved)))
+    config_lib.forget_checked_models()
     return out

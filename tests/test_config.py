@@ -75,3 +75,16 @@ def test_yaml_file_errors(tmp_path):
     good.write_text("regularizer: hs_mhe\nreg: {s: 0}\n")
     cfg = config.load(good, ["seed=3"])
     assert cfg["regularizer"] == "hs_mhe" and cfg["reg"] == {"s": 0} and cfg["seed"] == 3
+
+
+def test_option_checks_build_the_model_without_moving_the_global_rng():
+    """Validation builds the model and regulariser (He-init draws) to check their options; a config read after
+    seeding must leave the caller's random stream where it was."""
+    import torch
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    cfg = config.resolve(["model=cnn15", "regularizer=ap_comhe", "model_options.width=1.5"])  # a new setting: built
+    assert torch.equal(torch.rand(3), expected) and cfg["regularizer"] == "ap_comhe"
+    with pytest.raises(ConfigError, match=r"regularizer 'ap_comhe': proj_dim must be an integer >= 1, got 0"):
+        config.resolve(["model=cnn15", "regularizer=ap_comhe", "reg.proj_dim=0"])
