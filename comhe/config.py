@@ -104,18 +104,16 @@ def _check_buildable(cfg: Mapping[str, Any]) -> None:
     once it is loaded; the model's defaults stand in for them here."""
     import torch
     from . import data, models, regularizers
-    key = repr((cfg["model"], sorted(cfg["model_options"].items()), cfg["regularizer"], sorted(cfg["reg"].items()),
-                data.declared_num_classes(cfg["dataset"], cfg["data"])))
+    num_classes = data.declared_num_classes(cfg["dataset"], cfg["data"])
+    model_key = repr((cfg["model"], sorted(cfg["model_options"].items()), num_classes))
+    key = model_key + repr((cfg["regularizer"], sorted(cfg["reg"].items())))
     if key in _BUILDABLE:
         return
-    model_key = repr((cfg["model"], sorted(cfg["model_options"].items()),
-                      data.declared_num_classes(cfg["dataset"], cfg["data"])))
     what = f"model {cfg['model']!r}"
     try:  # fork_rng: the weight init draws must not move the caller's global RNG (a config read after seeding)
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):
             if model_key not in _CHECK_MODELS:  # regularisers only read the model: one build serves them all
-                _CHECK_MODELS[model_key] = models.build(
-                    cfg["model"], data.declared_num_classes(cfg["dataset"], cfg["data"]), **cfg["model_options"])
+                _CHECK_MODELS[model_key] = models.build(cfg["model"], num_classes, **cfg["model_options"])
             what = f"regularizer {cfg['regularizer']!r}"
             regularizers.build(cfg["regularizer"], _CHECK_MODELS[model_key], **cfg["reg"])
     except (ValueError, TypeError) as err:
