@@ -12,8 +12,8 @@ from typing import Callable, Dict, Optional
 import pytest
 import torch
 
-from comhe import checkpoint, config
-from comhe.records import RunDir
+from comhe.train import checkpoint, config
+from comhe.train.records import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 FINAL_NUMBERS = ("iterations", "final_test_error", "best_test_error", "best_iteration", "final_train_loss",

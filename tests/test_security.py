@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from comhe import checkpoint, data, engine, train
+from comhe.train import checkpoint, engine
+from comhe import data, train
+from comhe.data import archives, cifar
 from run_helpers import REPO, small_cfg
 
 PACKAGE = REPO / "comhe"
@@ -42,7 +44,7 @@ def unsafe_calls(source: str):
         if owner is None and name in ("eval", "exec") and isinstance(func, ast.Name):
             found.append((node.lineno, name))
         if name == "extract_archive" or (name == "extractall" and "members" not in kwargs):
-            found.append((node.lineno, f"{name} without the member checks of data.extract_tar"))
+            found.append((node.lineno, f"{name} without the member checks of archives.extract_tar"))
     return found
 
 
@@ -149,12 +151,12 @@ def test_archive_members_outside_the_destination_are_refused(tmp_path, members, 
     dest = tmp_path / "a" / "b"
     dest.mkdir(parents=True)
     with pytest.raises(data.DatasetUnavailable, match=f"evil.tar.gz was not extracted: '{refused}'"):
-        data.extract_tar(archive, dest)
+        archives.extract_tar(archive, dest)
     assert list(dest.iterdir()) == [] and not (tmp_path / "escape").exists()  # refused whole, before any write
 
 
 def test_torchvision_extraction_would_escape_on_this_python(tmp_path):
-    """Why data.extract_tar exists: torchvision's extract_archive writes a ``..`` member outside (Python < 3.14)."""
+    """Why archives.extract_tar exists: torchvision's extract_archive writes a ``..`` member outside (Python < 3.14)."""
     from torchvision.datasets.utils import extract_archive
     archive = _tar(tmp_path / "evil.tar.gz", [("../../escape", "file", b"x")])
     (tmp_path / "a" / "b").mkdir(parents=True)
@@ -174,7 +176,7 @@ def test_cifar_archive_with_a_traversal_member_is_refused(tmp_path, monkeypatch)
                                              ("../escape", "file", b"x")])
     monkeypatch.setattr(CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
     with pytest.raises(data.DatasetUnavailable, match="was not extracted: '../escape' would be extracted to"):
-        data._ensure_cifar(CIFAR10, root, download=False)
+        cifar._ensure_cifar(CIFAR10, root, download=False)
     assert not (tmp_path / "escape").exists() and not (root / "cifar-10-batches-py").exists()
 
 

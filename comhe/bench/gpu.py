@@ -35,7 +35,7 @@ from typing import Dict, List
 
 import torch
 
-from .. import config, engine
+from ..train import config, engine
 from . import write_csv
 from .flops import forward_flops, peak_flops
 from .shapes import synthetic_bundle

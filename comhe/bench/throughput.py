@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .. import config, engine
+from ..train import config, engine
 from . import write_csv
 from .shapes import synthetic_bundle
 

@@ -25,7 +25,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from . import MODELS
+from .factory import MODELS
 
 STAGE_CHANNELS = (16, 32, 64)  # multiplied by the width t
 NUM_POOLS = len(STAGE_CHANNELS)

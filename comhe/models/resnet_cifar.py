@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import MODELS
+from .factory import MODELS
 
 STAGE_CHANNELS = (16, 32, 64)  # multiplied by the width option
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import MODELS
+from .factory import MODELS
 
 
 def _torchvision_resnet(arch: str, num_classes: int, in_channels: int) -> nn.Module:

@@ -1,0 +1,22 @@
+"""Datasets by name, one module per family: ``comhe.data.build(name, root, device, download, **options)``.
+
+==================  ===============================================================================
+module              what
+==================  ===============================================================================
+``bundle.py``       ``DataBundle`` (what the engine trains on), the ``DATASETS`` registry, ``build``
+``cifar.py``        ``cifar10``, ``cifar100``, ``synthetic`` (tiny CIFAR in the real format)
+``fashion_mnist.py````fashion_mnist``
+``imagenet.py``     ``imagenet``, ``synthetic_imagenet``
+``augment.py``      the official CIFAR augmentation, batched on the device
+``streams.py``      resumable batch streams: ``TensorLoader`` (data on the device), ``LoaderStream``
+``synthetic.py``    writers of small learnable datasets in the real on-disk formats
+``archives.py``     safe archive extraction
+==================  ===============================================================================
+
+This layer imports the library's ``registry`` and nothing of models, training or the suite.
+"""
+from __future__ import annotations
+
+from . import cifar, fashion_mnist, imagenet  # noqa: F401  (each registers its datasets)
+from .bundle import (DATASETS, DataBundle, DatasetUnavailable, build, data_root, declared_num_classes,  # noqa: F401
+                     offline, option_defaults, takes_workers, tensor_bundle)

@@ -1,0 +1,20 @@
+"""The reproduction suite: paper tables and figures from experiment files, through runs, to rendered results.
+
+    experiments/<target>.yaml -> experiments.plan -> runner (launchers: local, torchrun, SLURM) -> run records
+                              -> report (tables, claims) and figures
+
+==================  ==============================================================================
+module              what
+==================  ==============================================================================
+``experiments.py``  an experiment file -> the runs that fill its cells (rows x columns x seeds)
+``runner.py``       plan, train what is missing (waiting for runs other processes hold), render
+``launchers.py``    how a run is executed: in process, worker processes, torchrun, submitit / SLURM
+``report.py``       tables (csv, md, tex) from the run records
+``claims.py``       the paper's claims, checked across seeds (exact permutation test)
+``figures.py``      the papers' figures and a dot plot per table
+``cli.py``          ``python -m comhe.run table1 ...`` (``make table1``)
+==================  ==============================================================================
+
+This layer imports everything below it (library, data, models, train) and is imported by nothing but the entry
+point ``comhe/run.py``.
+"""

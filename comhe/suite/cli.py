@@ -1,0 +1,110 @@
+"""Reproduce paper tables and figures: plan the runs, train what is missing, write tables and figures.
+
+    python -m comhe.run table1                          # the paper protocol, 3 seeds
+    python -m comhe.run table1 --profile smoke          # CPU, synthetic data, seconds per run
+    python -m comhe.run table1 --dry-run                # list the runs and their status; train nothing
+    python -m comhe.run all --profile quick --jobs 4 lr=0.05 reg.proj_dim=30
+    python -m comhe.run table5 --launcher slurm --slurm slurm_partition=gpu timeout_min=600
+    python -m comhe.run table6 --nproc 8                # each run on 8 GPUs (torchrun, DDP)
+
+Targets: table1 ... table9, fig1, fig2, demo, ``all`` (every table and figure), ``tables``, ``figures``, or a path
+to an experiment YAML. ``key=value`` arguments override config keys in every cell (``reg.*`` only where the
+regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<results>/<target>.{csv,md,tex}``,
+``<figures>/<target>.{png,pdf}``. A run another process is training is waited for (``comhe/suite/runner.py``). Exit codes:
+0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
+waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ..train import config as config_lib
+from ..train import records
+from . import experiments, runner
+
+
+def _options(pairs: List[str]) -> dict:
+    out = {}
+    for text in pairs:
+        key, value = config_lib.parse_override(text)
+        out[key] = value
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m comhe.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("args", nargs="+", metavar="TARGET|key=value")
+    parser.add_argument("--profile", default="paper", choices=experiments.PROFILES)
+    parser.add_argument("--seeds", default=None, help="a count (3: seeds 0,1,2) or a list (0,4,5)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="parallel local workers (or SLURM array parallelism); default: 1 on the CPU, on CUDA the "
+                             "count `make bench-gpu` measured on this card, else 4")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="processes (GPUs) per run: each run through torchrun, DDP; must divide batch_size")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs with their status; train nothing")
+    parser.add_argument("--collect-only", action="store_true", help="write tables and figures; train nothing")
+    parser.add_argument("--launcher", default="local", choices=runner.LAUNCHERS.names())
+    parser.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="submitit parameters, e.g. slurm_partition=gpu timeout_min=600 gpus_per_node=1")
+    parser.add_argument("--results", default="results", help="tables go here, run records under <results>/runs")
+    parser.add_argument("--figures", default="figures")
+    parser.add_argument("--no-figures", action="store_true")
+    args = parser.parse_intermixed_args(argv)
+    names = [a for a in args.args if "=" not in a]
+    overrides = [a for a in args.args if "=" in a]
+    if not names:
+        parser.error("name at least one target (table1 ... table9, fig1, fig2, demo, all)")
+    results = Path(args.results)
+    runs_root = results / "runs"
+    try:
+        plan = runner.make_plan(names, args.profile, args.seeds, overrides)
+        options = _options(args.slurm)
+    except (experiments.ExperimentError, config_lib.ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.dry_run:  # fail before training anything, not when the first record or table is written
+        folders = ([] if args.no_figures else [Path(args.figures)]) + [runs_root]
+        try:
+            for folder in folders:
+                records.ensure_writable(folder)
+        except OSError as err:
+            print(f"error: cannot write to {err.filename or folder}: {err.strerror or err}; pick writable folders "
+                  f"with --results / --figures (make RESULTS=... FIGURES=...)", file=sys.stderr)
+            return 2
+    if args.dry_run:
+        runner.dry_run(plan, runs_root)
+        return 0
+    counts = {}
+    if not args.collect_only:
+        from ..data import DatasetUnavailable
+        from ..train.engine import Preempted
+        measured = runner.measured_defaults(results) if args.launcher == "local" else {}  # {} on the CPU
+        jobs = args.jobs
+        if jobs is None:  # a DDP run takes the GPUs it needs; a SLURM array's parallelism is unbounded by default
+            jobs = runner.default_jobs(results, measured) if args.launcher == "local" and args.nproc <= 1 else 1
+        if not {config_lib.parse_override(o)[0] for o in overrides} & {"compile", "cuda_graph"}:
+            modes = {model: mode for model, mode in (measured.get("modes") or {}).items()
+                     if args.nproc <= 1 or mode != "cuda_graph"}  # CUDA graphs are single-process
+            changed = runner.apply_step_modes(plan, modes)
+            if changed:
+                print(f"step mode measured fastest on this card by make bench-gpu: {', '.join(changed)} "
+                      f"(compile=false cuda_graph=false turns it off)")
+        try:
+            counts = runner.train(plan, runs_root, jobs, args.launcher, options, nproc=args.nproc)
+        except (DatasetUnavailable, config_lib.ConfigError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except Preempted as err:
+            print(f"{err}; rerun the same command to resume", file=sys.stderr)
+            return 143
+    runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures))
+    if counts.get("no data"):
+        return 2
+    return 1 if counts.get("failed") or counts.get("locked") or counts.get("preempted") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Experiment definitions: one YAML per paper table or figure (``experiments/*.yaml``) -> the runs that fill it.
+
+    exp = experiments.load("table1", profile="smoke")     # or a path to a YAML file
+    cells = experiments.plan(exp, overrides=["lr=0.05"])   # one CellRun per (row, column, seed)
+
+A YAML file holds the paper's layout: ``rows`` (methods) x ``columns`` (datasets, architectures, settings), each a
+mapping of config keys (``comhe/train/config.py`` is the single list of keys). The config of a cell is, in this order::
+
+    base <- column.config <- row.config <- row.cells[column]               the paper protocol
+         <- profile.datasets[dataset] <- profile.config <- profile.columns[column] <- profile.rows[row]
+         <- ${var} substitution (column.vars) <- command-line overrides <- seed
+
+A row without ``config`` is a reference-only row (a number quoted by the paper, never trained here). A
+``row.cells[column]`` of ``"N/A"`` or ``""`` takes the cell out of the layout (rendered as written). A value that is
+exactly ``${name}`` is replaced by the column's ``vars[name]``, keeping its YAML type (``lambda_output: ${lam}``).
+A ``null`` for ``reg``, ``model_options`` or ``data`` clears the section before the next layer. Command-line
+overrides of ``reg.*`` / ``model_options.*`` / ``data.*`` apply to the cells whose regulariser / model / dataset has
+that option (``reg.proj_dim=30`` changes RP- and AP-CoMHE, not the baseline); one that no cell accepts fails.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from ..train import config as config_lib
+from ..train.records import run_name
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+PROFILES = ("paper", "quick", "smoke")
+TOP_KEYS = {"name", "title", "source", "kind", "metric", "base", "rows", "columns", "seeds", "references", "claims",
+            "figures", "profiles", "notes"}
+PROFILE_KEYS = {"seeds", "config", "datasets", "columns", "rows", "keep_weights"}
+VAR = re.compile(r"^\$\{(\w+)\}$")
+# What a cell reports: its label and printed decimals. Lower is better for all of them (claims test "A < B").
+METRICS = {"final_test_error": ("final test error %", 2), "best_test_error": ("best test error %", 2),
+           "final_hidden_energy": ("hidden-layer energy (sum of full-space s=2 pair means)", 3)}
+
+
+class ExperimentError(ValueError):
+    """A malformed experiment file; the message names the file and the entry."""
+
+
+@dataclass
+class Column:
+    name: str
+    config: Dict[str, Any]
+    vars: Dict[str, Any]
+    metric: str
+    x: Optional[float] = None     # position on a sweep figure's x axis (fig2's lambda)
+
+
+@dataclass
+class Row:
+    name: str
+    config: Optional[Dict[str, Any]]                 # None: reference-only row
+    cells: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reference:
+    label: str
+    source: str
+    values: Dict[str, Dict[str, Any]]                # row -> column -> number, "N/C" or "N/A"
+
+    def get(self, row: str, column: str) -> Any:
+        return (self.values.get(row) or {}).get(column)
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    source: str
+    kind: str
+    metric: str
+    path: Path
+    base: Dict[str, Any]
+    rows: List[Row]
+    columns: List[Column]
+    seeds: List[int]
+    references: List[Reference]
+    claims: List[Dict[str, Any]]
+    figures: List[Dict[str, Any]]
+    notes: List[str]
+    profile: str
+    profile_spec: Dict[str, Any]
+    keep_weights: bool
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    def layout_text(self, row: Row, column: Column) -> Optional[str]:
+        """``None`` for a cell that is trained; else the text the paper prints there (``"N/A"``, ``""``)."""
+        if row.config is None:
+            return ""
+        cell = row.cells.get(column.name)
+        return cell if isinstance(cell, str) else None
+
+
+@dataclass
+class CellRun:
+    """One seed of one cell: the resolved config and the run directory name it maps to."""
+    experiment: str
+    row: str
+    column: str
+    seed: int
+    cfg: Dict[str, Any]
+    name: str
+
+
+def names() -> List[str]:
+    """The experiments shipped in ``experiments/``, tables first, then figures, then the demo."""
+    found = [p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")]
+    order = {"table": 0, "fig": 1}
+    return sorted(found, key=lambda n: (order.get(re.sub(r"\d+$", "", n), 2), int(re.sub(r"\D", "", n) or 0), n))
+
+
+def find(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ExperimentError(f"no experiment {str(name_or_path)!r}: valid names are {', '.join(names())} "
+                          f"(or a path to a YAML file)")
+
+
+def _require(cond: bool, path: Path, message: str) -> None:
+    if not cond:
+        raise ExperimentError(f"{path}: {message}")
+
+
+def layer(base: Mapping[str, Any], update: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``update`` onto ``base``: open sections merge key by key, ``null`` clears one, other keys are replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in (update or {}).items():
+        if key in config_lib.OPEN_SECTIONS:
+            out[key] = {} if value is None else {**(out.get(key) or {}), **copy.deepcopy(value)}
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_seeds(value: Any) -> List[int]:
+    """``3`` -> [0, 1, 2]; ``"0,4,5"`` or ``[0, 4, 5]`` -> those seeds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ExperimentError(f"seeds must be >= 1, got {value}")
+        return list(range(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return parse_seeds(int(text))
+        value = [v for v in text.split(",") if v.strip()]
+    try:
+        seeds = [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise ExperimentError(f"seeds must be a count (3) or a list (0,4,5), got {value!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ExperimentError(f"seeds must be distinct and non-empty, got {value!r}")
+    return seeds
+
+
+def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) -> Experiment:
+    """Read and check one experiment file for ``profile``; ``seeds`` (count or list) overrides the file's."""
+    path = find(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ExperimentError(config_lib.yaml_error(path, err)) from None
+    _require(isinstance(raw, Mapping), path, "must hold a mapping")
+    for section in ("rows", "columns"):
+        entries = raw.get(section) or []
+        _require(isinstance(entries, list) and all(isinstance(e, Mapping) and "name" in e for e in entries), path,
+                 f"{section} must be a list of mappings, each with a name")
+    unknown = set(raw) - TOP_KEYS
+    _require(not unknown, path, f"unknown key(s) {sorted(unknown)}; valid: {sorted(TOP_KEYS)}")
+    _require(profile in PROFILES, path, f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    profiles = raw.get("profiles") or {}
+    _require(set(profiles) <= set(PROFILES), path, f"profiles must be among {PROFILES}, got {sorted(profiles)}")
+    spec = profiles.get(profile) or {}
+    _require(set(spec) <= PROFILE_KEYS, path, f"profile {profile}: unknown key(s) {sorted(set(spec) - PROFILE_KEYS)}")
+    metric = raw.get("metric", "final_test_error")
+    columns = [Column(c["name"], c.get("config") or {}, c.get("vars") or {}, c.get("metric", metric), c.get("x"))
+               for c in raw.get("columns") or []]
+    rows = [Row(r["name"], r["config"] if "config" in r else None, r.get("cells") or {}) for r in raw.get("rows") or []]
+    references = [Reference(r["label"], r.get("source", ""), r.get("values") or {})
+                  for r in raw.get("references") or []]
+    exp = Experiment(
+        name=raw.get("name", path.stem), title=raw.get("title", path.stem), source=raw.get("source", ""),
+        kind=raw.get("kind", "table"), metric=metric, path=path, base=raw.get("base") or {}, rows=rows,
+        columns=columns,
+        seeds=parse_seeds(seeds if seeds not in (None, "") else spec.get("seeds", raw.get("seeds", 3))),
+        references=references, claims=raw.get("claims") or [], figures=raw.get("figures") or [{"kind": "bars"}],
+        notes=raw.get("notes") or [], profile=profile, profile_spec=spec, keep_weights=spec.get("keep_weights", True))
+    _check(exp)
+    return exp
+
+
+def _check(exp: Experiment) -> None:
+    path = exp.path
+    _require(exp.rows and exp.columns, path, "needs rows and columns")
+    row_names, col_names = [r.name for r in exp.rows], [c.name for c in exp.columns]
+    _require(len(set(row_names)) == len(row_names) and len(set(col_names)) == len(col_names), path,
+             "row and column names must be unique")
+    for c in exp.columns:
+        _require(c.metric in METRICS, path, f"column {c.name}: metric {c.metric!r} is not one of {list(METRICS)}")
+    for r in exp.rows:
+        bad = set(r.cells) - set(col_names)
+        _require(not bad, path, f"row {r.name}: cells name unknown column(s) {sorted(bad)}")
+    for ref in exp.references:
+        for row, values in ref.values.items():
+            _require(row in row_names, path, f"reference {ref.label}: unknown row {row!r}")
+            bad = set(values or {}) - set(col_names)
+            _require(not bad, path, f"reference {ref.label}, row {row}: unknown column(s) {sorted(bad)}")
+    for section in ("rows", "columns"):
+        bad = set(exp.profile_spec.get(section) or {}) - set(row_names if section == "rows" else col_names)
+        _require(not bad, path, f"profile {exp.profile}: {section} names unknown {sorted(bad)}")
+    for claim in exp.claims:
+        cells = [tuple(c) for c in claim.get("cells") or []]
+        named = list(claim.get("order") or []) + list(claim.get("better") or []) + [r for r, _ in cells]
+        named += [claim["than"]] if "than" in claim else []
+        bad = (set(named) - set(row_names)) | (set(claim.get("columns") or []) | {c for _, c in cells}) - set(col_names)
+        _require(not bad and "text" in claim and bool(named), path,
+                 f"claim {claim.get('text')!r}: needs text and order, better/than or cells; unknown {sorted(bad)}")
+
+
+def _substitute(value: Any, variables: Mapping[str, Any], where: str) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, variables, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    match = VAR.match(value) if isinstance(value, str) else None
+    if match:
+        if match.group(1) not in variables:
+            raise ExperimentError(f"{where}: ${{{match.group(1)}}} is not a variable of this column "
+                                  f"(vars: {', '.join(variables) or 'none'})")
+        return copy.deepcopy(variables[match.group(1)])
+    return value
+
+
+def cell_config(exp: Experiment, row: Row, column: Column) -> Dict[str, Any]:
+    """The cell's config before command-line overrides and seed (a plain mapping of config keys)."""
+    extra = row.cells.get(column.name)
+    cfg = layer(layer(layer(exp.base, column.config), row.config), extra if isinstance(extra, Mapping) else None)
+    spec = exp.profile_spec
+    replacement = (spec.get("datasets") or {}).get(cfg.get("dataset", config_lib.DEFAULTS["dataset"]))
+    if replacement:  # the profile's stand-in for this dataset (smoke: synthetic data in the same format)
+        cfg = layer({k: v for k, v in cfg.items() if k != "data"}, replacement)
+    cfg = layer(cfg, spec.get("config"))
+    cfg = layer(cfg, (spec.get("columns") or {}).get(column.name))
+    cfg = layer(cfg, (spec.get("rows") or {}).get(row.name))
+    return _substitute(cfg, column.vars, f"{exp.path}: row {row.name}, column {column.name}")
+
+
+def _options(cfg: Mapping[str, Any], section: str) -> Dict[str, Any]:
+    try:
+        return config_lib.section_defaults(cfg, section)
+    except ValueError:  # an unknown registry name: validation reports it
+        return {}
+
+
+def _accepts(cfg: Mapping[str, Any], section: str, key: str) -> bool:
+    return key in _options(cfg, section)
+
+
+def apply_overrides(cfgs: Sequence[Dict[str, Any]], overrides: Sequence[str]) -> List[Dict[str, Any]]:
+    """Command-line ``key=value`` onto every cell; dotted open-section keys only where the option exists."""
+    out = [copy.deepcopy(c) for c in cfgs]
+    for text in overrides:
+        key, _ = config_lib.parse_override(text)
+        head, _, sub = key.partition(".")
+        targets = [c for c in out if not sub or head not in config_lib.OPEN_SECTIONS
+                   or _accepts(config_lib.merge(config_lib.DEFAULTS, c), head, sub)]
+        if not targets:
+            valid = sorted({k for c in out for k in _options(config_lib.merge(config_lib.DEFAULTS, c), head)})
+            raise config_lib.ConfigError(f"override {text!r}: no run of this experiment has the option {key}"
+                                         f"{config_lib.closest(sub, valid)}")
+        for c in targets:
+            c.update(config_lib.apply_overrides(c, [text]))
+    return out
+
+
+def plan(exp: Experiment, overrides: Sequence[str] = ()) -> List[CellRun]:
+    """Every (row, column, seed) the layout trains, with its validated config and run directory name."""
+    cells: List[Tuple[Row, Column]] = [(r, c) for r in exp.rows for c in exp.columns if exp.layout_text(r, c) is None]
+    raw = apply_overrides([cell_config(exp, r, c) for r, c in cells], overrides)
+    out = []
+    for (row, column), cfg in zip(cells, raw):
+        for seed in exp.seeds:
+            try:
+                resolved = config_lib.resolve(base={**cfg, "seed": seed})  # normalized: see config.normalize
+            except config_lib.ConfigError as err:
+                raise config_lib.ConfigError(f"{exp.path.name}, row {row.name}, column {column.name}: {err}") from None
+            out.append(CellRun(exp.name, row.name, column.name, seed, resolved, run_name(resolved)))
+    config_lib.forget_checked_models()
+    return out

@@ -1,0 +1,190 @@
+"""Figures from the run records, one style for all: ``figures/<experiment>.{png,pdf}``.
+
+An experiment lists its figures (``figures: [{kind: ...}]``; a table gets ``bars`` by default). Kinds, a registry:
+
+* ``bars``     every cell of a table: our mean ± std over seeds per method (dodged points with error bars), the
+               reference value as a hollow black marker (a second source as a cross). Points, not bars: the
+               differences are 1-2 % of error.
+* ``dynamics`` the CoMHE training-dynamics figure: per method, the mean over seeds of the hidden-layer energy
+               (``hidden_energy``) and the test error against the iteration, with a ±std band; reference end values
+               (PAPER.md §4 read-offs) as hollow markers at our last iteration.
+* ``sweep``    the MHE hyperparameter figure: error against the columns' ``x`` (lambda, log axis), ±std bands,
+               ``flat`` rows (the baseline) as a horizontal line, the paper's read-offs as hollow markers.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .experiments import METRICS, CellRun, Experiment  # noqa: E402
+from ..train.records import RunDir, atomic_write  # noqa: E402
+from ..registry import Registry  # noqa: E402
+from .report import _num  # noqa: E402
+
+FIGURES = Registry("figure kind")
+# One colour per method everywhere (the baseline grey, MHE blues, CoMHE warm colours).
+_PALETTE = sns.color_palette("colorblind", 10)
+METHOD_COLOURS = {"Baseline": (0.45, 0.45, 0.45), "Orthogonal": _PALETTE[7], "Orthonormal": _PALETTE[5],
+                  "SRIP": _PALETTE[4], "MHE": _PALETTE[0], "HS-MHE": _PALETTE[9], "RP-CoMHE": _PALETTE[3],
+                  "AP-CoMHE": _PALETTE[1], "Adv-CoMHE": _PALETTE[2], "G-CoMHE": _PALETTE[6],
+                  "MHE(O)": _PALETTE[8], "MHE(H)": _PALETTE[0], "HS-MHE(H)": _PALETTE[9]}
+LABELS = {"hidden_energy": "hyperspherical energy (hidden layers)", "test_error": "testing error (%)"}
+
+
+def colour(name: str, index: int):
+    """The method's fixed colour; other names (A-MHE, k=10, ...) take tab10 colours by position."""
+    return METHOD_COLOURS.get(name) or sns.color_palette("tab10", 10)[index % 10]
+
+
+def _style() -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def _save(fig, out: Path) -> List[Path]:
+    """PNG and PDF, each rendered in memory and written atomically (a concurrent reader never sees half a file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for path, options in zip(paths, ({"dpi": 150}, {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **options)
+        atomic_write(path, buf.getvalue())
+    plt.close(fig)
+    return paths
+
+
+def _trained_rows(exp: Experiment, df: pd.DataFrame) -> List[str]:
+    return [r.name for r in exp.rows if r.config is not None]
+
+
+@FIGURES.register("bars")
+def bars(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path, out: Path, **spec):
+    from .report import cell_stats
+    stats = cell_stats(exp, df)
+    rows = _trained_rows(exp, df)
+    metrics = list(dict.fromkeys(c.metric for c in exp.columns))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.5, 1.1 * len(exp.columns) * len(metrics) + 2.5), 3.6),
+                             squeeze=False)
+    width = 0.8 / max(len(rows), 1)
+    for ax, metric in zip(axes[0], metrics):
+        columns = [c for c in exp.columns if c.metric == metric]
+        for j, row in enumerate(rows):
+            xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(columns))]
+            st = [stats[(row, c.name)] for c in columns]
+            ys = [s.mean if s.n else float("nan") for s in st]
+            es = [s.std if s.n > 1 else 0.0 for s in st]
+            ax.errorbar(xs, ys, yerr=es, fmt="o", color=colour(row, j), label=row, capsize=2, ms=4)
+            for k, ref in enumerate(exp.references[:2]):  # the second source (table 6: the MHE paper) as crosses
+                values = [_num(ref.get(row, c.name)) for c in columns]
+                style = {"facecolors": "none", "edgecolors": "black"} if k == 0 else {"color": "black"}
+                ax.scatter(xs, [float("nan") if v is None else v for v in values], marker="ox"[k], s=30,
+                           linewidths=0.8, zorder=3, label=ref.label if j == 0 else None, **style)
+        ax.set_xticks(range(len(columns)), [c.name for c in columns])
+        ax.set_ylabel(METRICS[metric][0])
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(exp.title, fontsize=10)
+    return _save(fig, out)
+
+
+def _curves(cells: Sequence[CellRun], runs_root: Path, column: str) -> pd.DataFrame:
+    frames = []
+    for cell in cells:
+        if cell.column != column:
+            continue
+        rows = RunDir(Path(runs_root) / cell.name).read_metrics()
+        if rows:
+            frame = pd.DataFrame(rows)[["iteration", "test_error", "hidden_energy"]].astype(float)
+            frames.append(frame.assign(method=cell.row, seed=cell.seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _band(ax, data: pd.DataFrame, x: str, y: str, label: str, c, **line) -> None:
+    grouped = data.groupby(x)[y]
+    mean, std = grouped.mean(), grouped.std().fillna(0.0)
+    ax.plot(mean.index, mean.values, color=c, label=label, **line)
+    ax.fill_between(mean.index, mean - std, mean + std, color=c, alpha=0.2, linewidth=0)
+
+
+@FIGURES.register("dynamics")
+def dynamics(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path, out: Path,
+             column: str = None, **spec):
+    column = column or exp.columns[0].name
+    data = _curves(cells, runs_root, column)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    energy_refs = {c.name: c for c in exp.columns if c.metric == "final_hidden_energy" and exp.references
+                   and any(_num(exp.references[0].get(r.name, c.name)) is not None for r in exp.rows)}
+    for j, row in enumerate(_trained_rows(exp, df)):
+        mine = data[data["method"] == row] if len(data) else data
+        if not len(mine):
+            continue
+        for ax, y in zip(axes, ("hidden_energy", "test_error")):
+            _band(ax, mine, "iteration", y, row, colour(row, j))
+        for name in energy_refs:
+            ref = _num(exp.references[0].get(row, name)) if exp.references else None
+            if ref is not None:
+                axes[0].scatter([mine["iteration"].max()], [ref], marker="o", facecolors="none",
+                                edgecolors=colour(row, j), s=40, zorder=3)
+    for ax, y in zip(axes, ("hidden_energy", "test_error")):
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(LABELS[y])
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+    axes[1].legend(fontsize=8, frameon=False)
+    if energy_refs:
+        axes[0].set_title("hollow markers: paper end values (read-off)", fontsize=8)
+    fig.suptitle(exp.title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+@FIGURES.register("sweep")
+def sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path, out: Path,
+          flat: Sequence[str] = (), xlabel: str = "x", xscale: str = "log", **spec):
+    xs = {c.name: c.x for c in exp.columns}
+    metric = exp.columns[0].metric
+    done = df[df["status"] == "done"].assign(x=lambda d: d["column"].map(xs)) if len(df) else df
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for j, row in enumerate(_trained_rows(exp, df)):
+        mine = done[done["row"] == row] if len(done) else done
+        c = colour(row, j)
+        if row in flat and len(mine):  # the same run in every column: one value, drawn across the axis
+            mean, std = mine[metric].mean(), mine.drop_duplicates("run")[metric].std()
+            ax.axhline(mean, color=c, linestyle="--", label=row)
+            if std == std:
+                ax.axhspan(mean - std, mean + std, color=c, alpha=0.15, linewidth=0)
+        elif len(mine):
+            _band(ax, mine.astype({metric: float}), "x", metric, row, c, marker="o", ms=3)
+        if exp.references:
+            refs = [(xs[col.name], _num(exp.references[0].get(row, col.name))) for col in exp.columns]
+            refs = [(x, r) for x, r in refs if r is not None]
+            if refs:
+                ax.plot(*zip(*refs), linestyle=":", marker="o", mfc="none", color=c, alpha=0.7, lw=0.8)
+    ax.plot([], [], linestyle=":", marker="o", mfc="none", color="black", label=f"{exp.references[0].label} "
+            "(read-off)" if exp.references else "reference")
+    ax.set_xscale(xscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(METRICS[metric][0])
+    ax.legend(fontsize=8, frameon=False)
+    fig.suptitle(exp.title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def render(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path,
+           out_dir: Path) -> List[Path]:
+    """Every figure the experiment asks for: the first is ``<name>.png/pdf``, the others ``<name>-<kind>``."""
+    _style()
+    paths: List[Path] = []
+    for i, spec in enumerate(exp.figures):
+        spec = dict(spec)
+        kind = spec.pop("kind")
+        stem = exp.name if i == 0 else f"{exp.name}-{kind}"
+        paths += FIGURES.get(kind)(exp, df, cells, Path(runs_root), Path(out_dir) / stem, **spec)
+    return paths
+

@@ -1,0 +1,248 @@
+"""Collect run records into tidy tables and render them like the paper: ``results/<name>.{csv,md,tex}``.
+
+Only the run records (``records.RunDir``: config.yaml, final.json, meta.json) are read; the experiment file gives the
+layout and the reference numbers. Nothing here is edited by hand: rerun ``python -m comhe.run <name>`` instead.
+
+Cell text: ``ours mean ± std (n) | paper | Δ`` with the sample std (ddof 1) over the finished seeds, n the number
+of finished runs, Δ = ours − reference. ``—``: no finished run yet. ``N/C``: every run diverged (the paper's "not
+converged"); diverged runs are left out of means and std and counted as ``k N/C``. ``N/A`` and blank cells are the
+paper's own (e.g. half-space MHE on the output layer only).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from . import claims as claims_lib
+from .experiments import METRICS, CellRun, Experiment, Reference
+from ..train.records import RunDir, atomic_write
+
+DASH, NOT_CONVERGED = "—", "N/C"
+RESULT_KEYS = ("final_test_error", "best_test_error", "best_iteration", "final_hidden_energy", "iterations",
+               "diverged_at", "wall_time_s", "train_images_per_s")
+META_KEYS = ("git_sha", "device", "torch", "cuda", "host")
+
+
+def run_status(run: RunDir) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """``done`` | ``diverged`` | ``partial`` | ``todo``, and final.json when there is one."""
+    final = run.read_final()
+    if final is not None:
+        return ("diverged" if final.get("status") == "diverged" else "done"), final
+    return run.status(), None
+
+
+def _flatten(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        elif isinstance(value, list):
+            out[key] = " ".join(map(str, value))
+        else:
+            out[key] = value
+    return out
+
+
+def collect(exp: Experiment, cells: Sequence[CellRun], runs_root: Path) -> pd.DataFrame:
+    """One row per planned run and cell: where it stands, its results, its environment and every config key."""
+    rows = []
+    for cell in cells:
+        run = RunDir(Path(runs_root) / cell.name)
+        status, final = run_status(run)
+        meta = run.read_meta() if status != "todo" else {}
+        cfg = _flatten(run.read_config() if run.config_path.exists() else cell.cfg)
+        cfg["device_requested"] = cfg.pop("device")  # "device" is the hardware the run used (meta.json)
+        rows.append({"experiment": exp.name, "profile": exp.profile, "row": cell.row, "column": cell.column,
+                     "seed": cell.seed, "run": cell.name, "status": status,
+                     **{k: (final or {}).get(k) for k in RESULT_KEYS}, **{k: meta.get(k) for k in META_KEYS}, **cfg})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class CellStats:
+    values: List[float]        # the column's metric over the finished runs
+    diverged: int
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / self.n
+
+    @property
+    def std(self) -> float:
+        if self.n < 2:
+            return float("nan")
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+
+def cell_stats(exp: Experiment, df: pd.DataFrame) -> Dict[Tuple[str, str], CellStats]:
+    out = {}
+    for column in exp.columns:
+        part = df[df["column"] == column.name] if len(df) else df
+        for row in exp.rows:
+            mine = part[part["row"] == row.name] if len(part) else part
+            done = mine[mine["status"] == "done"] if len(mine) else mine
+            values = [float(v) for v in done[column.metric]] if len(done) else []
+            diverged = int((mine["status"] == "diverged").sum()) if len(mine) else 0
+            out[(row.name, column.name)] = CellStats(values, diverged)
+    return out
+
+
+def _num(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def ours_text(stats: CellStats, digits: int, pm: str = "±") -> str:
+    nc = f"; {stats.diverged} {NOT_CONVERGED}" if stats.diverged and stats.n else ""
+    if not stats.n:
+        return f"{NOT_CONVERGED} ({stats.diverged})" if stats.diverged else DASH
+    if stats.n == 1:
+        return f"{stats.mean:.{digits}f} (1{nc})"
+    return f"{stats.mean:.{digits}f} {pm} {stats.std:.{digits}f} ({stats.n}{nc})"
+
+
+def ref_text(value: Any, digits: int) -> str:
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if _num(value) is not None else str(value)
+
+
+def delta_text(stats: CellStats, value: Any, digits: int) -> str:
+    ref = _num(value)
+    return f"{stats.mean - ref:+.{digits}f}" if ref is not None and stats.n else ""
+
+
+def _refs_for(exp: Experiment, column: str) -> List[Reference]:
+    """The first reference always (an empty paper column is information), the others where they have a value."""
+    return [r for i, r in enumerate(exp.references)
+            if i == 0 or any(r.get(row.name, column) is not None for row in exp.rows)]
+
+
+def layout(exp: Experiment, stats: Dict[Tuple[str, str], CellStats], pm: str = "±", delta: str = "Δ"):
+    """Header groups ``[(column, [sub-headers])]`` and body rows ``[[method, cell, cell, ...]]``."""
+    groups = [(c.name, ["ours"] + [x for r in _refs_for(exp, c.name) for x in (r.label, delta)]) for c in exp.columns]
+    body = []
+    for row in exp.rows:
+        line = [row.name]
+        for column in exp.columns:
+            digits = METRICS[column.metric][1]
+            fixed = exp.layout_text(row, column)
+            st = stats[(row.name, column.name)]
+            line.append(fixed if fixed is not None else ours_text(st, digits, pm))
+            for ref in _refs_for(exp, column.name):
+                value = ref.get(row.name, column.name)
+                line += [ref_text(value, digits), "" if fixed is not None else delta_text(st, value, digits)]
+        body.append(line)
+    return groups, body
+
+
+def discrepancies(exp: Experiment) -> List[str]:
+    """Cells where two reference sources print different numbers (e.g. ResNet-18 in the CoMHE vs MHE paper)."""
+    out = []
+    for i, first in enumerate(exp.references):
+        for other in exp.references[i + 1:]:
+            for row in exp.rows:
+                for column in exp.columns:
+                    a, b = _num(first.get(row.name, column.name)), _num(other.get(row.name, column.name))
+                    if a is not None and b is not None and abs(a - b) > 1e-9:
+                        digits = METRICS[column.metric][1]
+                        out.append(f"{column.name}, {row.name}: {first.label} {a:.{digits}f} vs {other.label} "
+                                   f"{b:.{digits}f} ({b - a:+.{digits}f})")
+    return out
+
+
+def claim_values(exp: Experiment, stats: Dict[Tuple[str, str], CellStats]) -> Dict[Tuple[str, str], List[float]]:
+    return {key: st.values for key, st in stats.items()}
+
+
+def status_line(df: pd.DataFrame) -> str:
+    counts = Counter(df.drop_duplicates("run")["status"]) if len(df) else Counter()
+    parts = [f"{counts[s]} {s}" for s in ("done", "diverged", "partial", "todo") if counts[s]]
+    return ", ".join(parts) or "none planned"
+
+
+def _digits(exp: Experiment, column: str) -> int:
+    return METRICS[exp.column(column).metric if column else exp.metric][1]
+
+
+def _metric_line(exp: Experiment) -> str:
+    metrics = dict.fromkeys(c.metric for c in exp.columns)
+    return "; ".join(METRICS[m][0] for m in metrics)
+
+
+def render_md(exp: Experiment, df: pd.DataFrame) -> str:
+    stats = cell_stats(exp, df)
+    groups, body = layout(exp, stats)
+    head = ["Method"] + [f"{name}: {sub}" if i == 0 else sub for name, subs in groups for i, sub in enumerate(subs)]
+    lines = [f"# {exp.title}", "", f"Source: {exp.source}", "",
+             f"Profile `{exp.profile}`, seeds {', '.join(map(str, exp.seeds))}; metric: {_metric_line(exp)}. "
+             f"Cell: ours mean ± std over seeds (n finished runs) | reference | Δ = ours − reference. "
+             f"{DASH}: not run yet; {NOT_CONVERGED}: diverged (not converged), left out of the mean.", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join([":--"] + ["--:"] * (len(head) - 1)) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    lines += ["", "References:"] + ([f"- {r.label}: {r.source}" for r in exp.references] or ["- none"])
+    found = discrepancies(exp)
+    if found:
+        lines += ["", "Reference discrepancies (shown, not resolved):"] + [f"- {d}" for d in found]
+    results = claims_lib.check_all(exp.claims, claim_values(exp, stats), [c.name for c in exp.columns])
+    lines += ["", f"Claims of the paper, checked across seeds ({claims_lib.TEST_NAME}):"]
+    if not results:
+        lines.append("- none: the paper's numbers for this layout were not recovered (PAPER.md §3), so no claim is "
+                     "checked")
+    for res in results:
+        lines.append(f"- **{res.verdict}**: {res.text}")
+        lines += [f"  - {c.verdict}: {c.describe(_digits(exp, c.column))}" for c in res.comparisons]
+    if exp.notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in exp.notes]
+    shas = sorted({str(s) for s in df.get("git_sha", pd.Series(dtype=object)).dropna()}) if len(df) else []
+    devices = sorted({str(s) for s in df.get("device", pd.Series(dtype=object)).dropna()}) if len(df) else []
+    lines += ["", f"Runs: {status_line(df)}. Code: {', '.join(shas) or 'n/a'}. Devices: {', '.join(devices) or 'n/a'}.",
+              f"Generated from the run records by `python -m comhe.run {exp.name}`; do not edit.", ""]
+    return "\n".join(lines)
+
+
+def tex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("—", "---"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "-")):
+        text = text.replace(a, b)
+    return text
+
+
+def render_tex(exp: Experiment, df: pd.DataFrame) -> str:
+    stats = cell_stats(exp, df)
+    groups, body = layout(exp, stats)
+    widths = [len(subs) for _, subs in groups]
+    spec = "l" + "".join(" " + "r" * w for w in widths)
+    top, rules, start = ["Method"], [], 2
+    for (name, subs), w in zip(groups, widths):
+        top.append(rf"\multicolumn{{{w}}}{{c}}{{{tex_escape(name)}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + w - 1}}}")
+        start += w
+    sub = [""] + [tex_escape(s) for _, subs in groups for s in subs]
+    lines = [f"% {exp.title}: generated from the run records by `python -m comhe.run {exp.name}`; do not edit.",
+             f"% Profile {exp.profile}, seeds {', '.join(map(str, exp.seeds))}; runs: {status_line(df)}.",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(top) + r" \\", " ".join(rules),
+             " & ".join(sub) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex_escape(cell) for cell in line) + r" \\" for line in body]
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def write(exp: Experiment, df: pd.DataFrame, out_dir: Path) -> List[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{exp.name}.{ext}" for ext in ("csv", "md", "tex")]
+    # Atomic (temporary file + rename): two invocations rendering at once, or a reader, never see half a table.
+    atomic_write(paths[0], df.to_csv(index=False))
+    atomic_write(paths[1], render_md(exp, df))
+    atomic_write(paths[2], render_tex(exp, df))
+    return paths

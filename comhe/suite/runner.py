@@ -1,0 +1,289 @@
+"""Plan -> train -> collect -> render, for one or more experiments (the CLI is ``suite/cli.py``, run as ``python -m comhe.run``).
+
+Planning resolves every cell of every requested experiment to a validated config; its run directory is
+``<runs root>/<dataset-model-regulariser>-s<seed>-<hash of the config>`` (``records.run_name``), so identical configs
+in different tables share one directory and are trained once, and a changed config never reuses an old result.
+
+Training goes through ``launchers.execute_one(cfg, run_dir)`` (or torchrun), one call per run, through one of
+``launchers.LAUNCHERS`` (local workers, torchrun, SLURM via submitit): it skips a finished run, resumes a partial
+one (``engine.train`` resumes from the newest checkpoint) and holds the run directory's lock while it trains.
+
+Concurrent invocations on the same results (two ``make table1``, a laptop and a SLURM array on one filesystem):
+a run another process is training comes back ``locked``; once its own runs are done the runner waits for those
+locks, polling, and then counts the run ``elsewhere`` if the other process finished it, or trains (resumes) it if
+that process stopped without finishing. So every invocation ends with every run done (or failed) and renders the
+same complete table, and no run is trained twice (``engine.train`` re-checks final.json under the lock).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import experiments as experiments_lib
+from .experiments import CellRun, Experiment
+from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
+from ..train.records import RunDir
+
+WAIT_POLL_S = 2.0  # seconds between looks at runs another process is training
+
+
+@dataclass
+class Planned:
+    """One run directory and every table cell it fills."""
+    name: str
+    cfg: Dict[str, Any]
+    cells: List[CellRun] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    experiments: List[Experiment]
+    cells: Dict[str, List[CellRun]]           # experiment name -> its cells
+    runs: List[Planned]                       # unique run directories, in first-use order
+    keep_weights: Dict[str, bool]             # run name -> keep its final weights (smoke drops them)
+
+
+def targets(names: Sequence[str]) -> List[str]:
+    """``all`` = every table and figure (not the demo); ``tables``, ``figures``; else names or YAML paths."""
+    groups = {"all": [n for n in experiments_lib.names() if n != "demo"],
+              "tables": [n for n in experiments_lib.names() if n.startswith("table")],
+              "figures": [n for n in experiments_lib.names() if n.startswith("fig")]}
+    out: List[str] = []
+    for name in names:
+        out += [n for n in groups.get(name, [name]) if n not in out]
+    return out
+
+
+def make_plan(names: Sequence[str], profile: str = "paper", seeds: Any = None, overrides: Sequence[str] = ()) -> Plan:
+    exps = [experiments_lib.load(n, profile, seeds) for n in targets(names)]
+    cells, runs, keep = {}, {}, {}
+    for exp in exps:
+        cells[exp.name] = experiments_lib.plan(exp, overrides)
+        for cell in cells[exp.name]:
+            runs.setdefault(cell.name, Planned(cell.name, cell.cfg)).cells.append(cell)
+            keep[cell.name] = keep.get(cell.name, False) or exp.keep_weights
+    return Plan(exps, cells, list(runs.values()), keep)
+
+
+def status(runs_root: Path, name: str) -> str:
+    return RunDir(Path(runs_root) / name).status()
+
+
+def _cpu_threads(processes: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(processes, 1))
+
+
+def measured_defaults(results: Path = Path("results")) -> Dict[str, Any]:
+    """What ``make bench-gpu`` measured on this CUDA card (``<results>/bench/best_jobs.json``, or ``results/bench/``):
+    ``best_jobs`` and, per model, the fastest step mode ``modes``. Empty on the CPU or for a card not measured."""
+    import torch
+    if not torch.cuda.is_available():
+        return {}
+    name = torch.cuda.get_device_name(0)
+    for path in dict.fromkeys([Path(results) / "bench" / "best_jobs.json", Path("results/bench/best_jobs.json")]):
+        try:
+            measured = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(measured, dict) and measured.get("device") == name:
+            return measured
+    return {}
+
+
+def default_jobs(results: Path = Path("results"), measured: Optional[Dict[str, Any]] = None) -> int:
+    """Local workers when JOBS is not given: 1 on the CPU (a run uses every core); on CUDA the best count measured by
+    ``make bench-gpu`` on this card, else 4."""
+    import torch
+    if not torch.cuda.is_available():
+        return 1
+    jobs = (measured_defaults(results) if measured is None else measured).get("best_jobs")
+    if isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1:
+        return jobs
+    return 4  # not measured on this card; run make bench-gpu
+
+
+STEP_MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile": {"compile": True}}
+
+
+def apply_step_modes(plan: Plan, modes: Dict[str, str]) -> List[str]:
+    """Give each planned run of a model in ``modes`` (model -> eager / cuda_graph / compile, as ``make bench-gpu``
+    measured on this card) that step mode. The keys are outside a run's identity: names and results are unchanged,
+    only the speed. Returns ``model: mode`` for each model changed."""
+    changed = []
+    for run in plan.runs:
+        keys = STEP_MODES.get(modes.get(run.cfg["model"], "eager"), {})
+        if keys:
+            run.cfg = {**run.cfg, **keys}
+            changed.append(f"{run.cfg['model']}: {modes[run.cfg['model']]}")
+    return sorted(set(changed))
+
+
+def prepare_configs(pending: Sequence[Planned], jobs: int, nproc: int = 1) -> List[Dict[str, Any]]:
+    """Per-run execution settings (not part of the run's identity): CPU threads when several processes share the
+    CPU (``jobs`` runs at once, or one run's ``nproc`` DDP processes)."""
+    import torch
+    cfgs = []
+    processes = jobs if nproc <= 1 else nproc  # DDP runs go one at a time
+    for p in pending:
+        cfg = dict(p.cfg)
+        if processes > 1 and cfg["threads"] == 0 and not torch.cuda.is_available():
+            cfg["threads"] = _cpu_threads(processes)
+        cfgs.append(cfg)
+    return cfgs
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive flock on ``path`` (created), waiting for it: across processes, like ``RunDir.lock``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def preflight(pending: Sequence[Planned]) -> None:
+    """Build each dataset once before any worker starts: a download or a synthetic write never races, and a
+    missing dataset stops everything with one message (``DatasetUnavailable``) before anything is trained. A lock in
+    the data root makes two runner invocations take turns (synthetic datasets are written in place, not atomically:
+    one process would read the other's half-written files)."""
+    from .. import data
+    seen = set()
+    for p in pending:
+        cfg = p.cfg
+        key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
+        if key not in seen:
+            seen.add(key)
+            with _file_lock(data.data_root(cfg["data_root"] or None) / ".comhe-preflight.lock"):
+                data.build(cfg["dataset"], root=cfg["data_root"] or None, device="cpu", **cfg["data"])
+
+
+def check_nproc(pending: Sequence[Planned], nproc: int) -> None:
+    """DDP splits each global batch over the processes (``engine.prepare`` checks it too, but only once launched)."""
+    from ..train.config import ConfigError
+    bad = sorted({p.cfg["batch_size"] for p in pending if p.cfg["batch_size"] % nproc})
+    if nproc < 1 or bad:
+        raise ConfigError(f"NPROC={nproc} must be >= 1 and divide every batch_size (not {', '.join(map(str, bad))})"
+                          if bad else f"NPROC must be >= 1, got {nproc}")
+
+
+def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", options: Dict[str, Any] = None,
+          out=sys.stdout, nproc: int = 1, poll_s: float = WAIT_POLL_S) -> Dict[str, int]:
+    """Train every run of the plan that is not finished; wait for those another process is training (module
+    docstring). Returns the count of each outcome. Raises ``ConfigError`` for an ``nproc`` that does not fit."""
+    runs_root = Path(runs_root)
+    pending = [p for p in plan.runs if status(runs_root, p.name) != "done"]
+    counts = {"skipped": len(plan.runs) - len(pending)}
+    print(f"{len(plan.runs)} runs: {counts['skipped']} finished (not retrained), {len(pending)} to train", file=out,
+          flush=True)
+    if not pending:
+        return counts
+    check_nproc(pending, nproc)
+    if launcher != "slurm":
+        preflight(pending)
+    cfgs = prepare_configs(pending, jobs, nproc) if launcher == "local" else [dict(p.cfg) for p in pending]
+    dirs = [str(runs_root / p.name) for p in pending]
+    keep = [plan.keep_weights[p.name] for p in pending]
+    started, done, locked = time.perf_counter(), [0], []
+    width = len(str(len(pending)))
+
+    def line(i: int, outcome: str, detail: str, index: str) -> None:
+        cell = pending[i].cells[0]
+        print(f"[{index:>{2 * width + 1}}] {outcome:<9} {pending[i].name}  ({cell.experiment}: {cell.row} / "
+              f"{cell.column}, seed {cell.seed})  {detail}", file=out, flush=True)
+
+    def on_result(i: int, result: Dict[str, Any]):
+        outcome = "elsewhere" if result["outcome"] == "skipped" else result["outcome"]  # finished since planning
+        if outcome == "locked":
+            locked.append(i)
+            line(i, outcome, "being trained by another process; waiting for it at the end", "")
+            return True
+        done[0] += 1
+        counts[outcome] = counts.get(outcome, 0) + 1
+        final = result.get("final") or {}
+        err = final.get("final_test_error")
+        detail = f"test error {err:.2f}%" if isinstance(err, float) else result.get("message", "")
+        line(i, outcome, detail + (" (finished by another process)" if outcome == "elsewhere" else ""),
+             f"{done[0]}/{len(pending)}")
+        if result.get("traceback"):
+            print(result["traceback"], file=out, flush=True)
+        if outcome == "no data":
+            print(f"stopping: {result['message']}", file=out, flush=True)
+            return False
+        return True
+
+    def launch(indices: List[int]) -> None:
+        index_map = {k: i for k, i in enumerate(indices)}
+        LAUNCHERS.get(launcher)([pending[i] for i in indices], [cfgs[i] for i in indices], [dirs[i] for i in indices],
+                                [keep[i] for i in indices], jobs=jobs, nproc=nproc, out=out,
+                                on_result=lambda k, result: on_result(index_map[k], result),
+                                folder=runs_root.parent / "submitit", options=options or {})
+
+    launch(list(range(len(pending))))
+    while locked and not counts.get("no data"):
+        print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
+              "stops waiting and renders what exists)", file=out, flush=True)
+        waiting, locked[:] = list(locked), []
+        while waiting:
+            try:
+                time.sleep(poll_s)
+            except KeyboardInterrupt:  # stop waiting: render what exists, these runs as "locked" (exit code 1)
+                counts["locked"] = len(waiting) + len(locked)
+                print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
+                return counts
+            still, free = [], []
+            for i in waiting:
+                if RunDir(dirs[i]).status() == "done":
+                    on_result(i, {"outcome": "elsewhere", "final": RunDir(dirs[i]).read_final()})
+                else:  # the other process stopped without finishing (killed, preempted): resume the run here
+                    (still if locked_by_other(dirs[i]) else free).append(i)
+            waiting = still
+            if free:
+                launch(free)  # one locked again by a third process goes back to `locked`
+    print(f"trained in {time.perf_counter() - started:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+          file=out, flush=True)
+    return counts
+
+
+def dry_run(plan: Plan, runs_root: Path, out=sys.stdout) -> Dict[str, int]:
+    """List every cell's runs with their status (done / partial / todo); trains and writes nothing."""
+    states = {p.name: status(runs_root, p.name) for p in plan.runs}
+    for exp in plan.experiments:
+        cells = plan.cells[exp.name]
+        print(f"{exp.name} (profile {exp.profile}, seeds {','.join(map(str, exp.seeds))}): {len(cells)} cell runs",
+              file=out)
+        width_r = max([len(c.row) for c in cells] + [3])
+        width_c = max([len(c.column) for c in cells] + [6])
+        print(f"  {'status':<8} {'row':<{width_r}} {'column':<{width_c}} seed  run", file=out)
+        for c in cells:
+            print(f"  {states[c.name]:<8} {c.row:<{width_r}} {c.column:<{width_c}} {c.seed:>4}  {c.name}", file=out)
+    counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "todo")}
+    todo = [p for p in plan.runs if states[p.name] != "done"]
+    images = sum(p.cfg["iterations"] * p.cfg["batch_size"] for p in todo)
+    print(f"{len(plan.runs)} unique runs: {counts['done']} done, {counts['partial']} partial, {counts['todo']} todo; "
+          f"left to train: {sum(p.cfg['iterations'] for p in todo)} iterations, {images} training images "
+          "(partial runs counted whole)", file=out, flush=True)
+    return counts
+
+
+def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=sys.stdout) -> List[Path]:
+    """Tables (csv, md, tex) and figures of every experiment of the plan, from the run records only."""
+    from . import report
+    paths = []
+    for exp in plan.experiments:
+        df = report.collect(exp, plan.cells[exp.name], runs_root)
+        paths += report.write(exp, df, results)
+        if figures_dir is not None:
+            from . import figures
+            paths += figures.render(exp, df, plan.cells[exp.name], runs_root, figures_dir)
+    print("wrote " + ", ".join(str(p) for p in paths), file=out, flush=True)
+    return paths

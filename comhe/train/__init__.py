@@ -1,0 +1,20 @@
+"""One training run: its config, the data stream, the step, the loop, checkpoints and records.
+
+==================  ==============================================================================
+module              what
+==================  ==============================================================================
+``config.py``       every run key with its default and unit; typed ``key=value`` overrides
+``setup.py``        device, data, model, regulariser, optimiser, step: all that can fail, before training
+``engine.py``       the resumable loop (evaluation, divergence, stop signals, checkpoints)
+``steps.py``        one training step: eager or captured in CUDA graphs
+``losses.py``       the official loss and cross-entropy
+``checkpoint.py``   atomic, checksummed checkpoints
+``records.py``      the run directory: config, metrics, final result, metadata (read by the suite)
+``distributed.py``  torchrun / DDP
+``seeding.py``      seeds and RNG states
+``cli.py``          ``python -m comhe.train cfg.yaml key=value ...``
+==================  ==============================================================================
+
+This layer imports the library, ``comhe.data`` and ``comhe.models``; never the suite.
+"""
+from .cli import main  # noqa: F401  (python -m comhe.train; comhe.train.main(argv) from Python)

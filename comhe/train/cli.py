@@ -1,0 +1,128 @@
+"""One run from the command line. Relaunching the same command resumes it; a finished run is not retrained.
+
+    python -m comhe.train experiments/runs/cnn9_rp.yaml seed=1 reg.proj_dim=30
+    python -m comhe.train cfg.yaml --run-dir results/runs/my-run
+    torchrun --standalone --nproc_per_node=8 -m comhe.train cfg.yaml     # DDP
+
+The run directory defaults to ``<runs-root>/<label>-s<seed>-<config hash>`` (``records.run_name``). Progress is a
+tqdm bar on a terminal, else one fixed-column line per evaluation. Exit codes: 0 done (or already done), 2 bad
+config, missing data or an unwritable run directory (one ``error:`` line; the run directory is not created), 3 the
+run is being trained by another process, 4 diverged, 143 stopped by a signal after checkpointing (relaunch to
+resume). Under torchrun these are each worker's codes: torchrun itself exits 1 when any worker fails, so scripts
+read the run's ``final.json`` (or its absence) rather than torchrun's exit code. ``COMHE_OFFLINE=1`` disables
+dataset downloads.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from . import config as config_lib
+from .records import RunLocked, run_name
+
+COLUMNS = [("iteration", "iter", 7, "d"), ("epoch", "epoch", 7, ".1f"), ("lr", "lr", 8, ".4g"),
+           ("train_loss", "loss", 8, ".4f"), ("train_acc", "train%", 7, ".2f"), ("reg_loss", "reg", 8, ".4f"),
+           ("test_error", "test_err%", 9, ".2f"), ("hidden_energy", "hid_E", 8, ".4f"), ("seconds", "time_s", 8, ".0f")]
+
+
+def line_reporter(out=sys.stdout) -> Callable[[Dict[str, Any]], None]:
+    print(" ".join(f"{title:>{width}}" for _, title, width, _ in COLUMNS), file=out, flush=True)
+
+    def report(row: Dict[str, Any]) -> None:
+        print(" ".join(f"{row[key]:>{width}{fmt}}" for key, _, width, fmt in COLUMNS), file=out, flush=True)
+    return report
+
+
+def tqdm_reporter(total: int) -> Callable[[Dict[str, Any]], None]:
+    from tqdm import tqdm
+    bar = tqdm(total=total, unit="it", dynamic_ncols=True)
+
+    def report(row: Dict[str, Any]) -> None:
+        bar.update(int(row["iteration"]) - bar.n)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_err=f"{row['test_error']:.2f}",
+                        hid_E=f"{row['hidden_energy']:.3f}")
+        if row["iteration"] >= total:
+            bar.close()
+    return report
+
+
+def _fail(message: str, code: int) -> int:
+    one_line = " ".join(str(message).split())  # messages quoting library errors may carry newlines
+    print(f"error: {one_line}", file=sys.stderr)
+    return code
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m comhe.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="YAML file of config keys (comhe/train/config.py lists them all)")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. lr=0.05 reg.proj_dim=30")
+    parser.add_argument("--run-dir", help="where the run's records go (default: <runs-root>/<name>-<hash>)")
+    parser.add_argument("--runs-root", default="results/runs")
+    parser.add_argument("--label", default="", help="readable prefix of the run directory's name")
+    parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto")
+    args = parser.parse_intermixed_args(argv)
+
+    from . import distributed, engine
+    from ..data import DatasetUnavailable
+
+    try:
+        cfg = config_lib.load(args.config, args.overrides)
+    except config_lib.ConfigError as err:
+        return _fail(str(err), 2)
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / run_name(cfg, args.label)
+    from .records import RunDir
+    if RunDir(run_dir).status() == "done":
+        print(f"{run_dir}: already finished, not retrained")
+        return 0
+    try:  # before the data is loaded (maybe downloaded), and without creating the run directory itself
+        RunDir(run_dir).check_writable()
+    except OSError as err:
+        return _fail(_unwritable(run_dir, err), 2)
+    import torch
+    ctx = distributed.init("cuda" if cfg["device"].startswith("cuda") or (
+        cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
+    try:
+        setup = engine.prepare(cfg, ctx)
+    except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)
+        distributed.shutdown(ctx)
+        return _fail(str(err), 2)
+    report = None
+    if ctx.is_main and args.progress != "none":
+        use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
+        report = tqdm_reporter(cfg["iterations"]) if use_bar else line_reporter()
+    if ctx.is_main:
+        print(f"run: {run_dir}", flush=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            final = engine.train(cfg, run_dir, setup, report)
+    except RunLocked as err:
+        return _fail(str(err), 3)
+    except engine.Preempted as err:
+        print(str(err), file=sys.stderr)
+        return 143
+    except (PermissionError, NotADirectoryError, FileExistsError) as err:  # e.g. the disk became read-only
+        return _fail(_unwritable(run_dir, err), 2)
+    finally:
+        distributed.shutdown(ctx)
+    if final["status"] == "diverged":
+        if ctx.is_main:
+            print(f"{run_dir}: diverged (non-finite loss from iteration {final['diverged_at']}, stopped at "
+                  f"{final['iterations']}): N/C")
+        return 4
+    if ctx.is_main:
+        print(f"{run_dir}: final test error {final['final_test_error']:.2f}% "
+              f"(best {final['best_test_error']:.2f}% at {final['best_iteration']}), {final['wall_time_s']:.0f} s")
+    return 0
+
+
+def _unwritable(run_dir: Path, err: OSError) -> str:
+    return (f"cannot write the run directory {run_dir} ({err.strerror or err}: {err.filename}); "
+            "choose a writable --runs-root or --run-dir")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

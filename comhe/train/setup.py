@@ -1,0 +1,119 @@
+"""Everything one run needs, built before any record is written: a bad option or missing data fails here.
+
+    setup = prepare(cfg)   # device, data, model, regulariser, optimiser, data stream, the step (steps.py)
+
+On CUDA: bf16 autocast (BN and the regulariser stay fp32), channels_last, fused SGD; under torchrun: DDP with
+SyncBatchNorm (CUDA only) around the model, the regulariser on the unwrapped model with the run's seed.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .. import data, models, regularizers
+from . import distributed, steps
+from .losses import LOSSES
+from .seeding import seed_everything
+
+
+@dataclass
+class Setup:
+    cfg: Dict[str, Any]
+    device: torch.device
+    ctx: distributed.DistContext
+    bundle: data.DataBundle
+    model: nn.Module          # the user's model (what records and the regulariser see)
+    net: nn.Module            # what the step calls: the model, maybe DDP-wrapped and compiled
+    reg: regularizers.Regularizer
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    loss_fn: Callable
+    amp_dtype: Optional[torch.dtype]
+    channels_last: bool
+    step: Any = None          # steps.EagerStep or steps.GraphStep: step(x, y, lr) -> (loss, correct, reg_loss)
+
+
+def resolve_device(cfg: Mapping[str, Any], ctx: distributed.DistContext) -> torch.device:
+    if cfg["device"] == "auto":
+        return torch.device(f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(cfg["device"])
+    except RuntimeError:
+        raise ValueError(f"device {cfg['device']!r} is not a torch device: use auto, cpu, cuda or cuda:<n>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():  # else a traceback from deep inside .to()
+        raise ValueError(f"device {cfg['device']!r} but this machine has no usable CUDA device: use device=auto "
+                         "or device=cpu")
+    if device.type == "cuda" and ctx.enabled:
+        device = torch.device(f"cuda:{ctx.local_rank}")
+    return device
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bn: bool):
+    if not exclude_bn:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, download: bool = True,
+            bundle: Optional[data.DataBundle] = None) -> Setup:
+    """Build everything a run needs. Raises (DatasetUnavailable, ValueError, ...) before any record is written.
+
+    bundle: data already loaded (benchmarks pass synthetic tensors of the real shape); default ``cfg["dataset"]``.
+    """
+    ctx = ctx or distributed.DistContext()
+    device = resolve_device(cfg, ctx)
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
+    if bundle is None:
+        data_options = dict(cfg["data"])
+        if data.takes_workers(cfg["dataset"]):
+            data_options["workers"] = cfg["workers"]
+        bundle = data.build(cfg["dataset"], root=cfg["data_root"] or None, device=device, download=download,
+                            **data_options)
+    if cfg["batch_size"] % ctx.world_size:
+        raise ValueError(f"batch_size {cfg['batch_size']} is not divisible by the {ctx.world_size} processes")
+    options = dict(cfg["model_options"])
+    if "in_channels" in models.option_defaults(cfg["model"]):
+        options.setdefault("in_channels", bundle.in_channels)
+    if "image_size" in models.option_defaults(cfg["model"]):
+        options.setdefault("image_size", bundle.image_size)
+    model = models.build(cfg["model"], bundle.num_classes, **options)
+    channels_last = device.type == "cuda" if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
+    if ctx.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    reg_options = dict(cfg["reg"])
+    if "seed" in regularizers.option_defaults(cfg["regularizer"]):
+        reg_options.setdefault("seed", cfg["seed"])  # the same projections on every DDP rank
+    reg = regularizers.build(cfg["regularizer"], model, **reg_options)
+    net = model
+    if ctx.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["compile"]:
+        net = torch.compile(net)
+        reg.compile()  # fuses the energy's elementwise chain
+    sgd_options = {"lr": cfg["lr"], "momentum": cfg["momentum"], "nesterov": cfg["nesterov"]}
+    if device.type == "cuda":
+        sgd_options["fused" if "fused" in inspect.signature(torch.optim.SGD).parameters else "foreach"] = True
+    optimizer = torch.optim.SGD(param_groups(model, cfg["weight_decay"], cfg["wd_exclude_bn"]), **sgd_options)
+    loader = bundle.train_loader(cfg["batch_size"] // ctx.world_size, seed=cfg["seed"], rank=ctx.rank,
+                                 world_size=ctx.world_size, augment=cfg["augment"])
+    amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if device.type == "cuda" else "off")
+    loss = LOSSES.get(cfg["loss"])
+
+    def loss_fn(logits, labels):
+        return loss(logits, labels, label_smoothing=cfg["label_smoothing"])
+
+    setup = Setup(cfg, device, ctx, bundle, model, net, reg, optimizer, loader, loss_fn,
+                  torch.bfloat16 if amp == "bf16" else None, channels_last)
+    setup.step = steps.build(setup, "cuda_graph" if cfg["cuda_graph"] else "eager")
+    return setup
