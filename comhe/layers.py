@@ -8,15 +8,22 @@ Roles (PAPER.md §1):
 
 * ``output``: the classifier. The last ``nn.Linear`` or 1x1 convolution in registration order, unless the caller
   names it. It always gets full-space, unprojected energy.
-* ``input``: the first regularisable layer (CNN-9's first conv, 3 input channels). The CoMHE variants give it
-  unprojected half-space energy, as the official code does for every conv with 3 input channels.
+* ``input``: the first regularisable layer (CNN-9's first conv).
 * ``hidden``: everything else, shortcut 1x1 convolutions of residual networks included.
+
+Which hidden layers the CoMHE variants project is decided by ``unprojected`` below, not by the role: as in the
+official code, a convolution with 3 input channels (the RGB stem) stays unprojected, and so does any layer whose fan-in
+a projection would not compress. A 2-layer GCN's first layer (fan-in 1,433 on Cora) is therefore projected.
+
+``exclude``: module-name patterns (``fnmatch``: ``"feature_transform.*"``, ``"*.tnet.fc3"``) of layers no regulariser
+may touch; a pattern that matches no layer is an error, so a typo never silently regularises everything.
 """
 from __future__ import annotations
 
+import fnmatch
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -47,6 +54,18 @@ class Layer:
     def shape(self) -> Tuple[int, ...]:
         return tuple(self.weight.shape)
 
+    @property
+    def is_rgb_conv(self) -> bool:
+        """A convolution reading 3 input channels (the image stem), which the official CoMHE code never projects."""
+        return self.weight.dim() > 2 and self.weight.shape[1] == 3
+
+
+def unprojected(layer: Layer, compresses: bool) -> bool:
+    """Whether a CoMHE variant gives ``layer`` the unprojected half-space energy instead of a projected one: the
+    classifier (always full-space, unprojected), a conv with 3 input channels (the official ``n_input == 3``), or a
+    layer whose fan-in the projection does not compress (``compresses``: e.g. fan-in > ``proj_dim``)."""
+    return layer.role == "output" or layer.is_rgb_conv or not compresses
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's model under DistributedDataParallel / DataParallel / torch.compile wrappers."""
@@ -65,11 +84,32 @@ def _is_classifier_candidate(module: nn.Module) -> bool:
     return isinstance(module, REGULARISABLE) and all(k == 1 for k in module.kernel_size)
 
 
-def find_layers(model: nn.Module, classifier: Optional[str] = None) -> List[Layer]:
+Patterns = Union[None, str, Iterable[str]]
+
+
+def excluded_names(names: Sequence[str], exclude: Patterns) -> List[str]:
+    """The names matched by the ``fnmatch`` patterns ``exclude`` (a string or several). Raises ``ValueError`` for a
+    pattern that matches nothing, naming the valid names."""
+    patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    if not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"exclude must be module-name patterns (strings), got {exclude!r}")
+    out: List[str] = []
+    for pattern in patterns:
+        hits = fnmatch.filter(names, pattern)
+        if not hits:
+            raise ValueError(f"exclude pattern {pattern!r} matches no regularisable layer; the layers are: "
+                             f"{', '.join(names)}")
+        out += [n for n in hits if n not in out]
+    return out
+
+
+def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Patterns = None) -> List[Layer]:
     """Every regularisable layer of ``model`` with its role, in registration order.
 
     classifier: the module name of the output layer (e.g. ``"fc"``); default the last linear or 1x1 conv.
-    Raises ``ValueError`` if the model has no regularisable layer or ``classifier`` names none of them.
+    exclude: module-name patterns of layers to leave out (see the module docstring).
+    Raises ``ValueError`` if the model has no regularisable layer, ``classifier`` names none of them, or an
+    ``exclude`` pattern matches none of them.
     """
     model = unwrap(model)
     found: "OrderedDict[str, nn.Module]" = OrderedDict()
@@ -87,6 +127,12 @@ def find_layers(model: nn.Module, classifier: Optional[str] = None) -> List[Laye
     if not found:
         raise ValueError(f"{type(model).__name__} has no regularisable layer (nn.Conv1d/2d/3d or nn.Linear with a "
                          "weight): nothing for a hyperspherical-energy regulariser to act on")
+    for name in excluded_names(list(found), exclude):
+        if name == classifier:
+            raise ValueError(f"classifier {classifier!r} is also excluded by exclude={exclude!r}")
+        del found[name]
+    if not found:
+        raise ValueError(f"exclude={exclude!r} leaves no layer of {type(model).__name__} to regularise")
     if classifier is None:
         candidates = [n for n, m in found.items() if _is_classifier_candidate(m)]
         classifier = candidates[-1] if candidates else None

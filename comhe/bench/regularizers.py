@@ -61,7 +61,7 @@ def official_style_loss(name: str, model: torch.nn.Module, proj_dim: int = 40, n
         w = layer.weight.reshape(layer.num_neurons, -1)
         if layer.role == "output":
             total = total + 10.0 * energy(w, False)
-        elif name == "rp_comhe" and layer.role == "hidden" and layer.fan_in > proj_dim:
+        elif name == "rp_comhe" and not layer.is_rgb_conv and layer.fan_in > proj_dim:  # the official n_input == 3
             proj = sum(energy(w @ torch.randn(proj_dim, w.shape[1]).T, True) for _ in range(num_proj))
             total = total + proj / num_proj
         else:

@@ -14,10 +14,10 @@ name                   kind    source
 =====================  ======  ==============================================================================
 
 "tensor" bundles hold the whole dataset on ``device`` as uint8 ``[N, C, H, W]`` and stream batches with
-``data/streams.py``'s ``TensorLoader`` (official augmentation: ``data/augment.py``); "loader" bundles stream from disk with a
+``streams.TensorLoader`` (official augmentation: ``augment.py``); "loader" bundles stream from disk with a
 ``DataLoader``. Both kinds give ``train_loader(batch_size, seed, rank=0, world_size=1, augment=True)`` and
-``test_loader(batch_size, rank=0, world_size=1)`` yielding ``(x float32 [B, C, H, W], y int64 [B])``. Any failure to find or verify data
-raises ``DatasetUnavailable`` with a one-line message saying which file to put where.
+``test_loader(batch_size, rank=0, world_size=1)`` yielding ``(x float32 [B, C, H, W], y int64 [B])``. Any failure
+to find or verify data raises ``DatasetUnavailable`` with a one-line message saying which file to put where.
 """
 from __future__ import annotations
 

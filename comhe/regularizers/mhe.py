@@ -11,7 +11,7 @@ Energy regularisers (PAPER.md §1, defaults = the official code):
 =============  =====================================================================================
 ``mhe``        every hidden layer: full-space MHE; classifier: full-space MHE
 ``hs_mhe``     every hidden layer: half-space MHE; classifier: full-space MHE
-``rp_comhe``   first layer (and any layer with fan-in <= proj_dim): unprojected half-space MHE;
+``rp_comhe``   a conv with 3 input channels, or a layer of fan-in <= proj_dim: unprojected half-space MHE;
 ``ap_comhe``   every other hidden layer, fc included: half-space MHE of its projections (``projections.py``),
 ``adv_comhe``  averaged over the ``num_proj`` projections; classifier: full-space, unprojected MHE
 ``g_comhe``
@@ -19,7 +19,8 @@ Energy regularisers (PAPER.md §1, defaults = the official code):
 
 Weights: hidden ``lambda_hidden`` = 1, output ``lambda_output`` = 10 (0.1 and 1 for the angular ``s = a1, a2``), the
 total is the weighted **sum** over layers. ``layers``: ``"both"`` (default), ``"hidden"`` or ``"output"``
-(MHE Table 4). The classifier is the last linear / 1x1 conv unless ``classifier="<module name>"`` says otherwise.
+(MHE Table 4). The classifier is the last linear / 1x1 conv unless ``classifier="<module name>"`` says otherwise;
+``exclude=["pattern", ...]`` leaves layers out (``layers.find_layers``).
 
 Everything is batched: the layers are stacked by weight shape (one ``stack`` and one ``bmm`` per shape), all random
 projections of a step come from one ``randn``, and the energies of all Grams with the same neuron count and space go
@@ -29,14 +30,14 @@ per-layer loop. ``orthogonal``, ``orthonormal`` and ``srip`` live in ``orthogona
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .. import projections as projection_registry
 from ..energy import canonical_power, energy_from_gram, strict_upper
-from ..layers import Layer, find_layers, select, stack_neurons
+from ..layers import Layer, find_layers, select, stack_neurons, unprojected
 from .base import Regularizer
 
 
@@ -57,7 +58,7 @@ class EnergyRegularizer(Regularizer):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 **projection_options):
+                 exclude: Optional[Sequence[str]] = None, **projection_options):
         self.s = canonical_power(s)
         angular = self.s in ("a1", "a2")  # the official code's 0.1 / 1 is for a1 and a2 only; a0 keeps 1 / 10
         self.lambda_hidden = float((0.1 if angular else 1.0) if lambda_hidden is None else lambda_hidden)
@@ -65,7 +66,7 @@ class EnergyRegularizer(Regularizer):
         if eps <= 0:
             raise ValueError(f"eps must be > 0 in a regulariser (it keeps zero and padded neurons finite), got {eps}")
         self.eps = float(eps)
-        chosen = select(find_layers(model, classifier), layers)
+        chosen = select(find_layers(model, classifier, exclude), layers)
         if not chosen:
             raise ValueError(f"layers={layers!r} selects no layer of {type(model).__name__}")
         super().__init__(chosen)
@@ -94,7 +95,7 @@ class EnergyRegularizer(Regularizer):
             if layer.role == "output":
                 half_space, projected, weight = False, False, self.lambda_output
             else:
-                projected = probe is not None and layer.role == "hidden" and probe.applies_to(layer.fan_in)
+                projected = probe is not None and not unprojected(layer, probe.applies_to(layer.fan_in))
                 half_space, weight = (probe is not None) or self.hidden_half_space, self.lambda_hidden
             key = (layer.shape, half_space, projected, weight, layer.role == "output")
             groups.setdefault(key, _Group([], half_space, projected, weight)).layers.append(layer)
@@ -164,9 +165,10 @@ class EnergyRegularizer(Regularizer):
 
 class MHE(EnergyRegularizer):
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
-                 lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None):
+                 lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
+                 exclude: Optional[Sequence[str]] = None):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier)
+                         eps=eps, classifier=classifier, exclude=exclude)
 
 
 class HalfSpaceMHE(MHE):
@@ -178,19 +180,21 @@ class RandomProjectionCoMHE(EnergyRegularizer):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 proj_dim: int = 40, num_proj: int = 20, seed: Optional[int] = None):
+                 exclude: Optional[Sequence[str]] = None, proj_dim: int = 40, num_proj: int = 20,
+                 seed: Optional[int] = None):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, proj_dim=proj_dim, num_proj=num_proj, seed=seed)
+                         eps=eps, classifier=classifier, exclude=exclude, proj_dim=proj_dim, num_proj=num_proj,
+                         seed=seed)
 
 
 class _LearnedCoMHE(EnergyRegularizer):
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 proj_dim: int = 30, num_proj: int = 1, proj_iters: int = 1, proj_lr: float = 0.1,
-                 proj_weight_decay: float = 5e-7):
+                 exclude: Optional[Sequence[str]] = None, proj_dim: int = 30, num_proj: int = 1,
+                 proj_iters: int = 1, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, proj_dim=proj_dim, num_proj=num_proj, iters=proj_iters,
-                         lr=proj_lr, weight_decay=proj_weight_decay)
+                         eps=eps, classifier=classifier, exclude=exclude, proj_dim=proj_dim, num_proj=num_proj,
+                         iters=proj_iters, lr=proj_lr, weight_decay=proj_weight_decay)
 
 
 class AngleProjectionCoMHE(_LearnedCoMHE):
@@ -204,10 +208,10 @@ class AdversarialProjectionCoMHE(_LearnedCoMHE):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 proj_dim: int = 30, num_proj: int = 1, proj_iters: int = 10, proj_lr: float = 0.1,
-                 proj_weight_decay: float = 5e-7):
+                 exclude: Optional[Sequence[str]] = None, proj_dim: int = 30, num_proj: int = 1,
+                 proj_iters: int = 10, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, proj_dim=proj_dim, num_proj=num_proj,
+                         eps=eps, classifier=classifier, exclude=exclude, proj_dim=proj_dim, num_proj=num_proj,
                          proj_iters=proj_iters, proj_lr=proj_lr, proj_weight_decay=proj_weight_decay)
 
 
@@ -218,6 +222,6 @@ class GroupCoMHE(EnergyRegularizer):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 num_proj: int = 8):
+                 exclude: Optional[Sequence[str]] = None, num_proj: int = 8):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, num_proj=num_proj)
+                         eps=eps, classifier=classifier, exclude=exclude, num_proj=num_proj)

@@ -19,7 +19,7 @@ constant (Bansal et al. decay theirs). Default layers: hidden only (the classifi
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,9 @@ class _GramPenalty(Regularizer):
     """Sum over layers of ``lambda * penalty(Gram)``, one batched Gram per group of same-shape layers."""
 
     def __init__(self, model: nn.Module, *, lambda_hidden: float, lambda_output: Optional[float] = None,
-                 layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None):
-        chosen = select(find_layers(model, classifier), layers)
+                 layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None,
+                 exclude: Optional[Sequence[str]] = None):
+        chosen = select(find_layers(model, classifier, exclude), layers)
         if not chosen:
             raise ValueError(f"layers={layers!r} selects no layer of {type(model).__name__}")
         super().__init__(chosen)
@@ -76,16 +77,17 @@ class _GramPenalty(Regularizer):
 
 class Orthonormal(_GramPenalty):
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 1e-3, lambda_output: Optional[float] = None,
-                 layers: str = "hidden", classifier: Optional[str] = None):
+                 layers: str = "hidden", classifier: Optional[str] = None, exclude: Optional[Sequence[str]] = None):
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers,
-                         classifier=classifier)
+                         classifier=classifier, exclude=exclude)
 
 
 class Orthogonal(_GramPenalty):
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 1e-2, lambda_output: Optional[float] = None,
-                 layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None):
+                 layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None,
+                 exclude: Optional[Sequence[str]] = None):
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers, eps=eps,
-                         classifier=classifier)
+                         classifier=classifier, exclude=exclude)
 
     def gram(self, w: Tensor) -> Tensor:
         cos, _ = cosine_from_gram(w @ w.transpose(1, 2), self.eps)
@@ -94,11 +96,12 @@ class Orthogonal(_GramPenalty):
 
 class SRIP(_GramPenalty):
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 0.1, lambda_output: Optional[float] = None,
-                 layers: str = "hidden", classifier: Optional[str] = None, power_iters: int = 2):
+                 layers: str = "hidden", classifier: Optional[str] = None, exclude: Optional[Sequence[str]] = None,
+                 power_iters: int = 2):
         if not isinstance(power_iters, int) or power_iters < 1:
             raise ValueError(f"power_iters must be an integer >= 1, got {power_iters!r}")
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers,
-                         classifier=classifier)
+                         classifier=classifier, exclude=exclude)
         self.power_iters = power_iters
         for i, group in enumerate(self.groups):
             n = self.gram_size(group[0].num_neurons, group[0].fan_in)

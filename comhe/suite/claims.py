@@ -1,6 +1,7 @@
 """The claims a paper table makes, checked on our runs across seeds.
 
-A claim in an experiment file is an ordering of rows by a metric where lower is better (test error, energy)::
+A claim in an experiment file is an ordering of rows, best first, by the column's metric: lower is better for test
+error and energy, higher for accuracy (``experiments.METRICS``)::
 
     claims:
       - text: "RP-CoMHE < HS-MHE < MHE < Baseline on CNN-6 and CNN-9"
@@ -12,9 +13,9 @@ A claim in an experiment file is an ordering of rows by a metric where lower is 
       - text: "MHE: hidden and output < hidden only"    # cells across columns: a chain of [row, column]
         cells: [[MHE, H and O], [MHE, H only]]
 
-Test, per comparison "A < B" of two cells: the exact one-sided permutation test of the difference of means over
-the seeds (all C(nA + nB, nA) relabellings of the pooled runs; p = the share whose mean(A) - mean(B) is at most the
-observed one), at ALPHA = 0.05. It assumes nothing about the distribution; its price is that small samples cannot
+Test, per comparison "A better than B" of two cells (A < B for error, A > B for accuracy): the exact one-sided
+permutation test of the difference of means over the seeds (all C(nA + nB, nA) relabellings of the pooled runs;
+p = the share whose mean(A) - mean(B) is at most the observed one; values negated for accuracy), at ALPHA = 0.05. It assumes nothing about the distribution; its price is that small samples cannot
 reach 0.05: with 3 seeds a side the smallest p is 1/20, reached only when every run of A beats every run of B, and
 with 2 seeds a side it is 1/6. A comparison whose smallest reachable p is above ALPHA is "too few runs" (as is one
 with a missing side; diverged runs are excluded, as from the means).
@@ -63,6 +64,7 @@ class Comparison:
     b: List[float]
     p: Optional[float]
     verdict: str
+    higher_is_better: bool = False
 
     def describe(self, digits: int = 2) -> str:
         def mean(v: List[float]) -> str:
@@ -79,11 +81,14 @@ class ClaimResult:
     comparisons: List[Comparison]
 
 
-def compare(better: str, worse: str, column: str, a: List[float], b: List[float]) -> Comparison:
+def compare(better: str, worse: str, column: str, a: List[float], b: List[float],
+            higher_is_better: bool = False) -> Comparison:
+    """``better`` beats ``worse``: lower values for an error (the default), higher for an accuracy."""
     if smallest_p(len(a), len(b)) > ALPHA:
-        return Comparison(better, worse, column, a, b, None, TOO_FEW)
-    p = permutation_p(a, b)
-    return Comparison(better, worse, column, a, b, p, HELD if p <= ALPHA else NOT_HELD)
+        return Comparison(better, worse, column, a, b, None, TOO_FEW, higher_is_better)
+    # For "higher is better" the same one-sided test runs on the negated values: mean(-A) < mean(-B).
+    p = permutation_p([-v for v in a], [-v for v in b]) if higher_is_better else permutation_p(a, b)
+    return Comparison(better, worse, column, a, b, p, HELD if p <= ALPHA else NOT_HELD, higher_is_better)
 
 
 def pairs(claim: Mapping, columns: Sequence[str]) -> List[Tuple[Tuple[str, str], Tuple[str, str]]]:
@@ -96,21 +101,23 @@ def pairs(claim: Mapping, columns: Sequence[str]) -> List[Tuple[Tuple[str, str],
     return [((a, col), (b, col)) for col in (claim.get("columns") or columns) for a, b in row_pairs]
 
 
-def check(claim: Mapping, values: Mapping[Tuple[str, str], List[float]], columns: Sequence[str]) -> ClaimResult:
-    """``values[(row, column)]``: the finished runs' metric values of that cell (diverged runs left out)."""
+def check(claim: Mapping, values: Mapping[Tuple[str, str], List[float]], columns: Sequence[str],
+          higher_is_better: Optional[Mapping[str, bool]] = None) -> ClaimResult:
+    """``values[(row, column)]``: the finished runs' metric values of that cell (diverged runs left out);
+    ``higher_is_better[column]``: the direction of that column's metric (default: lower is better)."""
     comparisons = []
     for (ra, ca), (rb, cb) in pairs(claim, columns):
         a_name, b_name = (ra, rb) if ca == cb else (f"{ra} [{ca}]", f"{rb} [{cb}]")
         comparisons.append(compare(a_name, b_name, ca if ca == cb else "", list(values.get((ra, ca), [])),
-                                   list(values.get((rb, cb), []))))
+                                   list(values.get((rb, cb), [])), bool((higher_is_better or {}).get(ca))))
     verdicts = {c.verdict for c in comparisons}
     verdict = NOT_HELD if NOT_HELD in verdicts else TOO_FEW if TOO_FEW in verdicts else HELD
     return ClaimResult(claim["text"], verdict, comparisons)
 
 
-def check_all(claims: Sequence[Mapping], values: Mapping[Tuple[str, str], List[float]],
-              columns: Sequence[str]) -> List[ClaimResult]:
-    return [check(c, values, columns) for c in claims]
+def check_all(claims: Sequence[Mapping], values: Mapping[Tuple[str, str], List[float]], columns: Sequence[str],
+              higher_is_better: Optional[Mapping[str, bool]] = None) -> List[ClaimResult]:
+    return [check(c, values, columns, higher_is_better) for c in claims]
 
 
 def summary(results: Sequence[ClaimResult]) -> Dict[str, int]:

@@ -23,7 +23,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
 
@@ -36,9 +36,23 @@ TOP_KEYS = {"name", "title", "source", "kind", "metric", "base", "rows", "column
             "figures", "profiles", "notes"}
 PROFILE_KEYS = {"seeds", "config", "datasets", "columns", "rows", "keep_weights"}
 VAR = re.compile(r"^\$\{(\w+)\}$")
-# What a cell reports: its label and printed decimals. Lower is better for all of them (claims test "A < B").
-METRICS = {"final_test_error": ("final test error %", 2), "best_test_error": ("best test error %", 2),
-           "final_hidden_energy": ("hidden-layer energy (sum of full-space s=2 pair means)", 3)}
+class Metric(NamedTuple):
+    """What a cell reports: its label, printed decimals, and which way is better (claims, figures).
+
+    ``complement``: a final.json key ``c`` such that this metric is ``100 - c`` when final.json lacks it (the image
+    engine records test error; its accuracy follows)."""
+    label: str
+    digits: int
+    higher_is_better: bool = False
+    complement: Optional[str] = None
+
+
+# The CIFAR / ImageNet tables report test error % (lower is better); the point-cloud and graph tables accuracy %.
+METRICS = {"final_test_error": Metric("final test error %", 2),
+           "best_test_error": Metric("best test error %", 2),
+           "final_test_accuracy": Metric("final test accuracy %", 2, True, "final_test_error"),
+           "best_test_accuracy": Metric("best test accuracy %", 2, True, "best_test_error"),
+           "final_hidden_energy": Metric("hidden-layer energy (sum of full-space s=2 pair means)", 3)}
 
 
 class ExperimentError(ValueError):
@@ -232,6 +246,10 @@ def _check(exp: Experiment) -> None:
         bad = (set(named) - set(row_names)) | (set(claim.get("columns") or []) | {c for _, c in cells}) - set(col_names)
         _require(not bad and "text" in claim and bool(named), path,
                  f"claim {claim.get('text')!r}: needs text and order, better/than or cells; unknown {sorted(bad)}")
+        if cells:  # a chain across columns compares one metric: "better" must mean the same on both sides
+            directions = {METRICS[exp.column(c).metric].higher_is_better for _, c in cells}
+            _require(len(directions) == 1, path, f"claim {claim['text']!r} chains cells whose metrics disagree on "
+                     "which way is better (error vs accuracy)")
 
 
 def _substitute(value: Any, variables: Mapping[str, Any], where: str) -> Any:

@@ -39,6 +39,11 @@ METHOD_COLOURS = {"Baseline": (0.45, 0.45, 0.45), "Orthogonal": _PALETTE[7], "Or
 LABELS = {"hidden_energy": "hyperspherical energy (hidden layers)", "test_error": "testing error (%)"}
 
 
+def axis_label(metric: str) -> str:
+    """The metric's label and which way is better, for the value axis."""
+    return f"{METRICS[metric].label} ({'higher' if METRICS[metric].higher_is_better else 'lower'} is better)"
+
+
 def colour(name: str, index: int):
     """The method's fixed colour; other names (A-MHE, k=10, ...) take tab10 colours by position."""
     return METHOD_COLOURS.get(name) or sns.color_palette("tab10", 10)[index % 10]
@@ -87,7 +92,7 @@ def bars(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root:
                 ax.scatter(xs, [float("nan") if v is None else v for v in values], marker="ox"[k], s=30,
                            linewidths=0.8, zorder=3, label=ref.label if j == 0 else None, **style)
         ax.set_xticks(range(len(columns)), [c.name for c in columns])
-        ax.set_ylabel(METRICS[metric][0])
+        ax.set_ylabel(axis_label(metric))
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle(exp.title, fontsize=10)
     return _save(fig, out)
@@ -169,7 +174,7 @@ def sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root
             "(read-off)" if exp.references else "reference")
     ax.set_xscale(xscale)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(METRICS[metric][0])
+    ax.set_ylabel(axis_label(metric))
     ax.legend(fontsize=8, frameon=False)
     fig.suptitle(exp.title, fontsize=10)
     fig.tight_layout()

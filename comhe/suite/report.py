@@ -23,8 +23,8 @@ from .experiments import METRICS, CellRun, Experiment, Reference
 from ..train.records import RunDir, atomic_write
 
 DASH, NOT_CONVERGED = "—", "N/C"
-RESULT_KEYS = ("final_test_error", "best_test_error", "best_iteration", "final_hidden_energy", "iterations",
-               "diverged_at", "wall_time_s", "train_images_per_s")
+RESULT_KEYS = ("final_test_error", "best_test_error", "final_test_accuracy", "best_test_accuracy", "best_iteration",
+               "final_hidden_energy", "iterations", "diverged_at", "wall_time_s", "train_images_per_s")
 META_KEYS = ("git_sha", "device", "torch", "cuda", "host")
 
 
@@ -59,8 +59,18 @@ def collect(exp: Experiment, cells: Sequence[CellRun], runs_root: Path) -> pd.Da
         cfg["device_requested"] = cfg.pop("device")  # "device" is the hardware the run used (meta.json)
         rows.append({"experiment": exp.name, "profile": exp.profile, "row": cell.row, "column": cell.column,
                      "seed": cell.seed, "run": cell.name, "status": status,
-                     **{k: (final or {}).get(k) for k in RESULT_KEYS}, **{k: meta.get(k) for k in META_KEYS}, **cfg})
+                     **results(final), **{k: meta.get(k) for k in META_KEYS}, **cfg})
     return pd.DataFrame(rows)
+
+
+def results(final: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """final.json's result keys; a metric final.json lacks is derived from its complement (accuracy = 100 - error)."""
+    final = final or {}
+    out = {k: final.get(k) for k in RESULT_KEYS}
+    for key, metric in METRICS.items():
+        if out.get(key) is None and metric.complement and _num(final.get(metric.complement)) is not None:
+            out[key] = 100.0 - float(final[metric.complement])
+    return out
 
 
 @dataclass
@@ -193,7 +203,8 @@ def render_md(exp: Experiment, df: pd.DataFrame) -> str:
     found = discrepancies(exp)
     if found:
         lines += ["", "Reference discrepancies (shown, not resolved):"] + [f"- {d}" for d in found]
-    results = claims_lib.check_all(exp.claims, claim_values(exp, stats), [c.name for c in exp.columns])
+    results = claims_lib.check_all(exp.claims, claim_values(exp, stats), [c.name for c in exp.columns],
+                                   {c.name: METRICS[c.metric].higher_is_better for c in exp.columns})
     lines += ["", f"Claims of the paper, checked across seeds ({claims_lib.TEST_NAME}):"]
     if not results:
         lines.append("- none: the paper's numbers for this layout were not recovered (PAPER.md §3), so no claim is "

@@ -1,4 +1,4 @@
-"""Plan -> train -> collect -> render, for one or more experiments (the CLI is ``suite/cli.py``, run as ``python -m comhe.run``).
+"""Plan -> train -> collect -> render, for one or more experiments (the CLI: ``suite/cli.py``, ``python -m comhe.run``).
 
 Planning resolves every cell of every requested experiment to a validated config; its run directory is
 ``<runs root>/<dataset-model-regulariser>-s<seed>-<hash of the config>`` (``records.run_name``), so identical configs

@@ -288,7 +288,8 @@ def test_fashion_mnist_without_files_names_them(tmp_path, offline, monkeypatch):
         data.build("fashion_mnist", tmp_path)
 
 
-@pytest.mark.skipif(not fashion_mnist.FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not fashion_mnist.FASHION_MNIST_SYSTEM_DIR.is_dir(),
+                    reason="Debian dataset-fashion-mnist not installed")
 def test_fashion_mnist_loads_the_real_data(tmp_path):
     from torchvision.datasets.mnist import read_image_file
     bundle = data.build("fashion_mnist", tmp_path)

@@ -65,7 +65,8 @@ def reference_loss(name, model, recorder=None, s=2, **options):
             total = total + lam_o * hyperspherical_energy(w, s=s)
             continue
         p = recorder.matrices_for(layer.weight) if (comhe and recorder is not None) else None
-        if name == "g_comhe" and layer.role == "hidden" and layer.fan_in > options.get("num_proj", 8):
+        rgb_conv = layer.weight.dim() > 2 and layer.weight.shape[1] == 3  # the official n_input == 3: unprojected
+        if name == "g_comhe" and not rgb_conv and layer.fan_in > options.get("num_proj", 8):
             groups = options.get("num_proj", 8)
             size = math.ceil(w.shape[1] / groups)
             padded = torch.nn.functional.pad(w, (0, size * groups - w.shape[1]))
@@ -118,6 +119,61 @@ def test_official_layer_policy_for_comhe():
     # A hidden layer whose fan-in is not above proj_dim is not compressed by projecting: unprojected half-space.
     wide = regularizers.build("rp_comhe", model, proj_dim=100)
     assert {layer.name for g in wide.groups if g.projected for layer in g.layers} == {"conv4", "conv5"}
+
+
+def projected_layers(reg):
+    return {layer.name for g in reg.groups if g.projected for layer in g.layers}
+
+
+@pytest.mark.parametrize("model_name", ["cnn6", "cnn9", "cnn15", "resnet20", "resnet32", "resnet18", "resnet50"])
+@pytest.mark.parametrize("name,options", [("rp_comhe", {}), ("ap_comhe", {}), ("g_comhe", {}),
+                                          ("rp_comhe", {"proj_dim": 300})])
+def test_image_model_plans_match_the_first_layer_rule(model_name, name, options):
+    """The official rule (unprojected: a conv with 3 input channels, or a fan-in the projection does not compress)
+    gives every CIFAR / ImageNet network of the tables exactly the plan of the earlier rule (unprojected: the first
+    layer, or such a fan-in): the image tables are unchanged."""
+    from comhe import models
+    with torch.device("meta"):  # shapes only: no weight init for ResNet-50
+        model = models.build(model_name, 10)
+    reg = regularizers.build(name, model, **options)
+    probe = reg.proj
+    earlier = {layer.name for layer in find_layers(model) if layer.role == "hidden" and probe.applies_to(layer.fan_in)}
+    assert projected_layers(reg) == earlier
+    assert find_layers(model)[0].is_rgb_conv and find_layers(model)[0].name not in projected_layers(reg)
+
+
+def gcn_like(features=1433, hidden=16, classes=7):
+    """The two weight matrices of a 2-layer GCN (Kipf & Welling): rows are the output units."""
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Linear(features, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, classes, bias=False))
+
+
+@pytest.mark.parametrize("name", ["rp_comhe", "ap_comhe"])
+def test_a_first_layer_that_is_not_an_rgb_conv_is_projected(name):
+    """A rule "first layer = unprojected" would make RP- and AP-CoMHE equal to HS-MHE on a 2-layer GCN; the official
+    rule projects its first layer (fan-in 1,433 > proj_dim) and leaves the classifier full-space."""
+    model = gcn_like()
+    reg = regularizers.build(name, model)
+    assert projected_layers(reg) == {"0"}
+    hs = regularizers.build("hs_mhe", model)
+    assert reg()[0].item() != pytest.approx(hs()[0].item(), rel=1e-3)
+
+
+def test_exclude_leaves_layers_out_and_rejects_patterns_that_match_nothing():
+    model = small_cnn()
+    reg = regularizers.build("rp_comhe", model, proj_dim=6, num_proj=2, exclude=["conv1", "conv[45]"])
+    assert [layer.name for layer in reg.layers] == ["conv0", "conv2", "conv3", "conv6"]
+    alone = regularizers.build("hs_mhe", model, exclude="conv*[!6]")  # one string is one pattern
+    assert [layer.name for layer in alone.layers] == ["conv6"]
+    with pytest.raises(ValueError, match=r"exclude pattern 'tnet\*' matches no regularisable layer.*conv0, conv1"):
+        regularizers.build("rp_comhe", model, exclude=["tnet*"])
+    with pytest.raises(ValueError, match="classifier 'conv6' is also excluded"):
+        regularizers.build("mhe", model, classifier="conv6", exclude=["conv6"])
+    with pytest.raises(ValueError, match="must be module-name patterns"):
+        regularizers.build("srip", model, exclude=[3])
+    for name in regularizers.names():
+        if name != "none":
+            assert "exclude" in regularizers.option_defaults(name)
 
 
 def test_mhe_policy_and_angular_weights():

@@ -147,3 +147,34 @@ def test_figures_render(rendered, tmp_path, kind, spec):
     paths = figures.render(exp, df, cells, root / "runs", tmp_path)
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     assert all(p.stat().st_size > 5000 for p in paths)
+
+
+def test_accuracy_claims_test_the_other_direction():
+    """For an accuracy (higher is better) "A better than B" holds when A's runs are all above B's, and the same
+    numbers read as an error do not hold: the direction is carried into the permutation test."""
+    high, low = [82.0, 82.4, 82.2], [81.0, 81.2, 81.1]
+    assert claims.compare("A", "B", "Cora", high, low, higher_is_better=True).verdict == claims.HELD
+    assert claims.compare("A", "B", "Cora", high, low, higher_is_better=False).verdict == claims.NOT_HELD
+    assert claims.compare("A", "B", "Cora", low, high, higher_is_better=False).verdict == claims.HELD
+    claim = {"text": "A > B", "better": ["A"], "than": "B"}
+    values = {("A", "Cora"): high, ("B", "Cora"): low}
+    assert claims.check(claim, values, ["Cora"], {"Cora": True}).verdict == claims.HELD
+    assert claims.check(claim, values, ["Cora"]).verdict == claims.NOT_HELD  # default: lower is better
+
+
+def test_accuracy_is_derived_from_the_error_where_final_json_lacks_it():
+    out = report.results({"final_test_error": 12.5, "best_test_error": 10.0})
+    assert out["final_test_accuracy"] == 87.5 and out["best_test_accuracy"] == 90.0
+    assert report.results({"final_test_accuracy": 81.3, "final_test_error": 18.7})["final_test_accuracy"] == 81.3
+    assert report.results({"status": "diverged", "final_test_error": None})["final_test_accuracy"] is None
+
+
+def test_a_claim_may_not_chain_an_error_and_an_accuracy(tmp_path):
+    mixed = FIXTURE.read_text().replace("columns:\n", "columns:\n  - {name: Acc, metric: final_test_accuracy}\n", 1)
+    (tmp_path / "mixed.yaml").write_text(mixed)
+    exp = experiments.load(tmp_path / "mixed.yaml")
+    assert experiments.METRICS[exp.column("Acc").metric].higher_is_better
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(mixed.replace("claims:\n", "claims:\n  - {text: mixed, cells: [[MHE, Acc], [MHE, A]]}\n", 1))
+    with pytest.raises(experiments.ExperimentError, match="disagree on which way is better"):
+        experiments.load(bad)
