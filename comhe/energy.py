@@ -1,6 +1,6 @@
 """Hyperspherical energy of a set of neurons (MHE, NeurIPS 2018; CoMHE, CVPR 2020).
 
-Conventions (PAPER.md §1, as the official TensorFlow code computes them):
+Conventions (docs/reference.md §1, as the official TensorFlow code computes them):
 
 * Rows are neurons: ``w`` is ``[N, d]`` (a conv weight ``[out, in, kh, kw]`` is flattened to ``[out, in*kh*kw]``),
   or batched ``[..., N, d]``.
@@ -195,7 +195,7 @@ def hyperspherical_energy(w: Tensor, s: Power = 2, half_space: bool = False, eps
 
     A conv weight ``[out, in, kh, kw]`` would be read as a batch of ``[kh, kw]`` neuron sets: pass ``neurons(weight)``.
     With ``eps=0`` a zero neuron has no direction and gives NaN (with ``eps > 0`` it stays finite); the angular
-    powers keep their fixed ``+1e-4`` inside the log / power whatever ``eps`` is (PAPER.md §1).
+    powers keep their fixed ``+1e-4`` inside the log / power whatever ``eps`` is (docs/reference.md §1).
     """
     _check_neurons(w)
     if eps < 0:

@@ -4,7 +4,7 @@ A *regularisable layer* is any ``nn.Conv1d/2d/3d`` or ``nn.Linear`` with a weigh
 skipped: their neurons are not the weight's rows). Layers are found by walking ``model.named_modules()`` in
 registration order, so no model needs to be written for this library.
 
-Roles (PAPER.md §1):
+Roles (docs/reference.md §1):
 
 * ``output``: the classifier. The last ``nn.Linear`` or 1x1 convolution in registration order, unless the caller
   names it. It always gets full-space, unprojected energy.

@@ -1,4 +1,4 @@
-"""Projections for compressive MHE (CoMHE, CVPR 2020; PAPER.md §1), a registry.
+"""Projections for compressive MHE (CoMHE, CVPR 2020; docs/reference.md §1), a registry.
 
 A projection maps the stacked neurons of same-shape layers ``w: [L, N, d]`` to ``C`` projected copies
 ``[L, C, N, k]``; the CoMHE regulariser then takes the half-space energy of every copy and averages over ``C``.

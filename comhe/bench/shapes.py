@@ -9,7 +9,7 @@ from torch import nn
 
 
 def cnn9_shapes(classes: int = 100, width: int = 64) -> List[Tuple[int, ...]]:
-    """CNN-9 (PAPER.md §2): 3 stages x 3 convs (64/128/256), fc6 4x4 conv, 1x1 classifier."""
+    """CNN-9 (docs/reference.md §2): 3 stages x 3 convs (64/128/256), fc6 4x4 conv, 1x1 classifier."""
     shapes, cin = [], 3
     for c in (width, 2 * width, 4 * width):
         for _ in range(3):

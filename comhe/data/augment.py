@@ -1,4 +1,4 @@
-"""GPU-resident batches with the official CIFAR augmentation (PAPER.md §2), airbench style.
+"""GPU-resident batches with the official CIFAR augmentation (docs/reference.md §2), airbench style.
 
 The official code (``rmlin/CoMHE``, ``cifar100_input_python.py``) augments each image in a numpy loop:
 ``np.pad(img, [[4, 4], [4, 4], [0, 0]], "symmetric")`` (mirror *including* the edge pixel; torch's ``"reflect"``

@@ -1,4 +1,5 @@
-"""The plain CNNs of the official MHE / CoMHE code: CNN-6, CNN-9, CNN-15 (PAPER.md §2; rmlin/CoMHE architecture.py).
+"""The plain CNNs of the official MHE / CoMHE code: CNN-6, CNN-9, CNN-15 (docs/reference.md §2; rmlin/CoMHE
+``architecture.py``).
 
 The name counts the 3x3 convolutions (2 / 3 / 5 per stage); fc6 and the classifier come on top, so CNN-9 has
 10 hidden layers for the regulariser. ``cnn9`` at width t = 4 on a 32x32 image (shapes ``[B, C, H, W]``):

@@ -6,7 +6,7 @@ Pass ``stats=False`` on the hot path to skip the device-to-host copy the floats 
 (``ap_comhe``, ``adv_comhe``) step their matrices at the network's learning rate: pass it, ``reg(lr=current_lr)``,
 once per training step (every training-mode call is one inner update of ``P``).
 
-Energy regularisers (PAPER.md §1, defaults = the official code):
+Energy regularisers (docs/reference.md §1, defaults = the official code):
 
 =============  =====================================================================================
 ``mhe``        every hidden layer: full-space MHE; classifier: full-space MHE

@@ -7,7 +7,7 @@ An experiment lists its figures (``figures: [{kind: ...}]``; a table gets ``bars
                differences are 1-2 % of error.
 * ``dynamics`` the CoMHE training-dynamics figure: per method, the mean over seeds of the hidden-layer energy
                (``hidden_energy``) and the test error against the iteration, with a ±std band; reference end values
-               (PAPER.md §4 read-offs) as hollow markers at our last iteration.
+               (docs/reference.md §4 read-offs) as hollow markers at our last iteration.
 * ``sweep``    the MHE hyperparameter figure: error against the columns' ``x`` (lambda, log axis), ±std bands,
                ``flat`` rows (the baseline) as a horizontal line, the paper's read-offs as hollow markers.
 """

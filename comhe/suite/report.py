@@ -207,8 +207,8 @@ def render_md(exp: Experiment, df: pd.DataFrame) -> str:
                                    {c.name: METRICS[c.metric].higher_is_better for c in exp.columns})
     lines += ["", f"Claims of the paper, checked across seeds ({claims_lib.TEST_NAME}):"]
     if not results:
-        lines.append("- none: the paper's numbers for this layout were not recovered (PAPER.md §3), so no claim is "
-                     "checked")
+        lines.append("- none: the paper's numbers for this layout were not recovered (docs/reference.md §3), so no "
+                     "claim is checked")
     for res in results:
         lines.append(f"- **{res.verdict}**: {res.text}")
         lines += [f"  - {c.verdict}: {c.describe(_digits(exp, c.column))}" for c in res.comparisons]

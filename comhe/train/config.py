@@ -23,7 +23,7 @@ DEFAULTS: Dict[str, Any] = {
     "model_options": {},        # e.g. {width: 4} (MHE Table 2's t)
     "regularizer": "none",      # none, mhe, hs_mhe, rp_comhe, ap_comhe, adv_comhe, g_comhe, orthogonal, ...
     "reg": {},                  # regulariser options (s, lambda_hidden, proj_dim, num_proj, ...); defaults = official
-    # --- optimisation (PAPER.md §2: the official CoMHE protocol)
+    # --- optimisation (docs/reference.md §2: the official CoMHE protocol)
     "iterations": 75000,        # SGD steps; the MHE code used 42500
     "milestones": [30000, 50000, 65000],  # LR x lr_decay once `iteration` reaches each (MHE: 20000/30000/37500)
     "lr": 0.1,

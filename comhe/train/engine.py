@@ -1,4 +1,5 @@
-"""The training engine: one run of the paper's protocol (PAPER.md §2), resumable, leaving records for reporting.
+"""The training engine: one run of the paper's protocol (docs/reference.md §2), resumable, leaving records for
+reporting.
 
     setup = prepare(cfg)          # setup.py: data, model, regulariser, optimiser: all that can fail on bad input
     final = train(cfg, run_dir)   # resumes from the run's newest intact checkpoint; a finished run is not retrained
@@ -6,7 +7,7 @@
 Iteration ``i`` means ``i`` SGD updates done. The LR is ``lr * lr_decay ** (number of milestones <= i)`` for the
 update that follows, as the official loop multiplies the LR when ``i`` reaches a milestone. The official code
 evaluates after update 500k+1 (its test runs after the update of step ``i % 500 == 0``); we evaluate after ``500k``
-updates, and also at iteration 0 (the init oracle of PAPER.md §2 and the start of the dynamics curves).
+updates, and also at iteration 0 (the init oracle of docs/reference.md §2 and the start of the dynamics curves).
 
 Divergence: every ``CHECK_EVERY`` iterations (and at each evaluation and checkpoint) the host reads how many steps
 since the last check had a non-finite loss (counted on the device, no per-step sync); if any, the run stops, is

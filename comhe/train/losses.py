@@ -1,4 +1,4 @@
-"""Classification losses: the official one (PAPER.md §2) and standard cross-entropy, a registry."""
+"""Classification losses: the official one (docs/reference.md §2) and standard cross-entropy, a registry."""
 from __future__ import annotations
 
 import torch

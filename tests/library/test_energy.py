@@ -10,7 +10,7 @@ from comhe.energy import POWERS, hyperspherical_energy, layer_energies, neurons,
 
 
 def brute_force(w, s, half_space=False, eps=1e-4, reduction="mean"):
-    """PAPER.md §1 literally: append -w, loop over i < j in plain Python floats."""
+    """docs/reference.md §1 literally: append -w, loop over i < j in plain Python floats."""
     rows = [list(map(float, r)) for r in w.tolist()]
     if half_space:
         rows = rows + [[-x for x in r] for r in rows]

@@ -53,8 +53,8 @@ class Recorder:
 
 
 def reference_loss(name, model, recorder=None, s=2, **options):
-    """The official computation, one layer and one projection at a time (PAPER.md §1)."""
-    angular = s in ("a1", "a2")  # PAPER.md §1: a0 keeps the weights of s = 0, 1, 2
+    """The official computation, one layer and one projection at a time (docs/reference.md §1)."""
+    angular = s in ("a1", "a2")  # docs/reference.md §1: a0 keeps the weights of s = 0, 1, 2
     lam_h = options.get("lambda_hidden", 0.1 if angular else 1.0)
     lam_o = options.get("lambda_output", 1.0 if angular else 10.0)
     comhe = name.endswith("comhe")
@@ -183,7 +183,7 @@ def test_mhe_policy_and_angular_weights():
     hs = regularizers.build("hs_mhe", model)
     assert {l.name: g.half_space for g in hs.groups for l in g.layers}["conv6"] is False
     assert all(g.half_space for g in hs.groups if g.layers[0].role != "output")
-    # PAPER.md §1 (official code): 0.1 / 1 for a1 and a2; every other power, a0 included, 1 / 10
+    # docs/reference.md §1 (official code): 0.1 / 1 for a1 and a2; every other power, a0 included, 1 / 10
     weights = {s: (r.lambda_hidden, r.lambda_output)
                for s in (0, 1, 2, "a0", "a1", "a2") for r in [regularizers.build("mhe", model, s=s)]}
     assert weights == {0: (1.0, 10.0), 1: (1.0, 10.0), 2: (1.0, 10.0), "a0": (1.0, 10.0), "a1": (0.1, 1.0),

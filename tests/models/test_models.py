@@ -1,5 +1,5 @@
-"""Model zoo: shapes, parameter counts against the papers, the CNN-9 spec of PAPER.md §2, and the layer roles the
-regularisers rely on. CPU only; every model is built at most a few times."""
+"""Model zoo: shapes, parameter counts against the papers, the CNN-9 spec of docs/reference.md §2, and the layer roles
+the regularisers rely on. CPU only; every model is built at most a few times."""
 from __future__ import annotations
 
 import math
@@ -85,7 +85,7 @@ def test_bad_values_raise():
         models.build("resnet18", 10, width=2)
 
 
-# --- plain CNNs (PAPER.md §2) -------------------------------------------------------------------------------------
+# --- plain CNNs (docs/reference.md §2) --------------------------------------------------------------------------------
 
 def test_cnn9_parameter_count_from_the_spec():
     k = 3 * 3

@@ -27,7 +27,7 @@ def tiny_cfg(tmp_path, **overrides):
     return config.resolve(base=base)
 
 
-# --- PAPER.md §2: at He init, CNN-9 on CIFAR-100, the regulariser totals of the official logs' iteration 0 ---------
+# --- docs/reference.md §2: at He init, CNN-9 on CIFAR-100, the regulariser totals of the official logs' iteration 0
 ORACLE = [("hs_mhe", {}, "hidden", 5.01, 5.04), ("rp_comhe", {}, "hidden", 5.135, 5.135),
           ("rp_comhe", {"proj_dim": 30, "num_proj": 1}, "hidden", 5.18, 5.18), ("mhe", {}, "output", 5.02, 5.03)]
 
@@ -186,7 +186,7 @@ def test_fashion_mnist_real_data_beats_80_percent(tmp_path):
     """1,000 iterations of a narrow CNN-9 on real Fashion-MNIST, CPU: > 80% test accuracy (~5 min on 2 cores).
 
     LR 0.01: at the official 0.1 (and 0.05) this narrow net collapses to one class for the first thousands of
-    iterations, as the official CIFAR runs do (PAPER.md §2), and 1,000 iterations are not enough to recover."""
+    iterations, as the official CIFAR runs do (docs/reference.md §2), and 1,000 iterations are not enough to recover."""
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
     cfg = config.resolve(base={"dataset": "fashion_mnist", "data_root": str(tmp_path), "model": "cnn9",
