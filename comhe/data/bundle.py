@@ -72,7 +72,15 @@ def takes_workers(name: str) -> bool:
     return "workers" in inspect.signature(DATASETS.get(name)).parameters
 
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10,
+               "cora": 7, "citeseer": 6, "pubmed": 3}
+# Datasets of graphs for node classification (``planetoid.py``): ``comhe.train.node_engine`` trains them.
+NODE_DATASETS: set = set()
+
+
+def task(name: str) -> str:
+    """``"node"`` for a graph dataset (full-batch node classification), else ``"image"``."""
+    return "node" if name in NODE_DATASETS else "image"
 
 
 def declared_num_classes(name: str, options: dict) -> int:
