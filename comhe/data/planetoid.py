@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .bundle import DATASETS, NODE_DATASETS, DatasetUnavailable, offline
+from .bundle import DATASETS, NODE_DATASETS, PROBES, DatasetUnavailable, offline
 from .pickles import CSRMatrix, UnsafePickle, safe_loads
 
 PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
@@ -280,6 +280,21 @@ def _register(name: str) -> None:
         return load_graph(root / "planetoid", name, device, download)
     build.__doc__ = f"Planetoid {name} from {{root}}/planetoid/ind.{name}.* (downloaded and checked on first use)."
     NODE_DATASETS.add(name)
+    PROBES[name] = lambda root: probe_files(root / "planetoid", name)
+
+
+def probe_files(folder: Path, name: str) -> Optional[str]:
+    """Why graph ``name`` cannot be read from ``folder`` now (missing or failing files), without downloading."""
+    files = [f"ind.{name}.{part}" for part in PARTS]
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        return (f"data missing: {len(missing)} of the 8 ind.{name}.* files are not in {folder} (the first run "
+                f"downloads them from {URL}, or put them there)")
+    try:
+        ensure_files(folder, name, download=False)
+    except DatasetUnavailable as err:
+        return f"data unusable: {err}"
+    return None
 
 
 for _name in GRAPHS:

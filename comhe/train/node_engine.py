@@ -36,7 +36,7 @@ from ..layers import find_layers
 from . import checkpoint, distributed
 from .engine import Preempted, _StopRequest, lr_at  # noqa: F401  (Preempted: what a stop signal raises here too)
 from .losses import LOSSES
-from .records import RunDir, RunLocked, environment
+from .records import RunDir, environment
 from .seeding import rng_state, seed_everything, set_rng_state
 from .setup import resolve_device
 
