@@ -28,8 +28,8 @@ COLUMNS = [("iteration", "iter", 7, "d"), ("epoch", "epoch", 7, ".1f"), ("lr", "
            ("test_error", "test_err%", 9, ".2f"), ("hidden_energy", "hid_E", 8, ".4f"), ("seconds", "time_s", 8, ".0f")]
 
 
-def line_reporter(out=sys.stdout, columns=None) -> Callable[[Dict[str, Any]], None]:
-    columns = columns or COLUMNS
+def line_reporter(out=None, columns=None) -> Callable[[Dict[str, Any]], None]:
+    out, columns = out or sys.stdout, columns or COLUMNS  # sys.stdout when called, not when imported
     print(" ".join(f"{title:>{width}}" for _, title, width, _ in columns), file=out, flush=True)
 
     def report(row: Dict[str, Any]) -> None:
