@@ -67,7 +67,8 @@ LAUNCHER ?= local
 RESULTS  ?= results
 FIGURES  ?= figures
 ARGS     ?=
-COLUMNS  ?=
+# COLUMNS=Cora on the make command line only: shells and terminals export COLUMNS as the terminal width.
+TABLE_COLUMNS = $(if $(filter command line,$(origin COLUMNS)),$(COLUMNS))
 # Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
 OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS
@@ -79,7 +80,7 @@ OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subs
 RUN_FLAGS  = --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)) --nproc $(NPROC) --launcher $(LAUNCHER) \
              --results $(RESULTS) --figures $(FIGURES) \
              $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \
-             $(if $(SLURM),--slurm $(SLURM)) $(if $(COLUMNS),--columns '$(COLUMNS)')
+             $(if $(SLURM),--slurm $(SLURM)) $(if $(TABLE_COLUMNS),--columns '$(TABLE_COLUMNS)')
 EXPERIMENTS := table1 table2 table3 table4 table5 table6 table7 table8 table9 table11 fig1 fig2 fig3
 
 .PHONY: $(EXPERIMENTS) tables figures report smoke demo
