@@ -44,10 +44,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
-# Regulariser ATen op counts + CPU times, then CPU training throughput of the engine (BENCHMARKS.md, sections 1-2).
+# Regulariser ATen op counts + CPU times, then CPU training throughput of the engine (BENCHMARKS.md, sections 1-2),
+# then one GCN run per method on Cora at 1 thread (the GCN section).
 bench: $(STAMP)
 	$(PYTHON) -m comhe.bench.regularizers --out $(RESULTS)/bench/regularizers.csv
 	$(PYTHON) -m comhe.bench.throughput --out $(RESULTS)/bench/throughput_cpu.csv
+	$(PYTHON) -m comhe.bench.gcn --out $(RESULTS)/bench/gcn_cpu.csv
 
 # Not on the venv stamp: GPU machines may have no network to build it. The venv's python if there is one, else the
 # system python3 with torch installed. Writes $(RESULTS)/bench/best_jobs.json, the runner's default JOBS on this card.
