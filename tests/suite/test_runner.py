@@ -104,7 +104,8 @@ def test_every_experiment_plans(name, profile):
         assert not datasets & {"synthetic", "synthetic_imagenet", "synthetic_planetoid"}
     if profile == "paper" and name != "demo":
         assert exp.seeds == ([0, 1, 2] if not datasets <= graphs else list(range(10)))  # GCN: 10 seeds
-        assert exp.references and exp.path.read_text().startswith("# ")   # opens with source, command, cost
+        assert exp.references or exp.source.startswith("not a paper")     # fig3: our own sweep, no paper values
+        assert exp.path.read_text().startswith("# ")                     # opens with source, command, cost
 
 
 def test_paper_protocols():
