@@ -317,3 +317,18 @@ def test_synthetic_checksums_catch_a_changed_file(tmp_path):
     with pytest.raises(data.DatasetUnavailable, match=r"ind\.synthetic\.ty is \d+ bytes, expected \d+ \(truncated\): "
                        f"delete {folder} to rewrite it"):
         data.build("synthetic_planetoid", tmp_path)
+
+
+def test_the_package_unpickles_only_through_the_restricted_unpickler():
+    """Every ``pickle.Unpickler`` subclass in the package restricts ``find_class`` (tests/test_security.py already
+    forbids ``pickle.load(s)`` and ``pickle.Unpickler(...)`` calls), and the one we ship answers from ALLOWED only."""
+    import ast
+    subclasses = []
+    for path in (REPO / "comhe").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(b) == "pickle.Unpickler" for b in node.bases):
+                methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+                subclasses.append((path.name, node.name, {"find_class", "persistent_load"} <= methods))
+    assert subclasses == [("pickles.py", "RestrictedUnpickler", True)]
+    assert all(module.split(".")[0] in ("scipy", "numpy", "collections", "__builtin__", "builtins")
+               for module, _ in pickles.ALLOWED)
