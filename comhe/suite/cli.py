@@ -7,13 +7,13 @@
     python -m comhe.run table5 --launcher slurm --slurm slurm_partition=gpu timeout_min=600
     python -m comhe.run table6 --nproc 8                # each run on 8 GPUs (torchrun, DDP)
 
-Targets: table1 ... table9, table11, fig1, fig2, fig3, demo, ``all`` (every table and figure), ``tables``,
-``figures``, or a path to an experiment YAML. ``--columns Cora`` plans only those columns. ``key=value`` arguments
-override config keys in every cell (``reg.*`` only where the regulariser has the option). Outputs:
-``<results>/runs/<run>/`` (records), ``<results>/<target>.{csv,md,tex}``, ``<figures>/<target>.{png,pdf}``. A run
-another process is training is waited for (``runner.py``). Exit codes: 0 all runs finished (or diverged: N/C is a
-result), 1 some run failed or was left to another process (Ctrl-C while waiting), 2 bad experiment, config,
-``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
+Targets: table1 ... table11, fig1 ... fig3, demo, ``all`` (every table and figure), ``tables``, ``figures``, or a path
+to an experiment YAML. ``key=value`` arguments override config keys in every cell (``reg.*`` only where the
+regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<results>/<target>.{csv,md,tex}``,
+``<figures>/<target>.{png,pdf}``. A run another process is training is waited for (``runner.py``). Exit codes:
+0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
+waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
+``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.
 """
 from __future__ import annotations
 

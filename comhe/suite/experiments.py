@@ -341,8 +341,8 @@ def _data_status(exp: Experiment, overrides: Sequence[str]) -> None:
         except (config_lib.ConfigError, ExperimentError):
             continue
         why = data.probe(cfg["dataset"], cfg["data_root"] or None, **cfg["data"])
-        if why:
-            exp.not_run[column.name] += f"; {why}"
+        if why:  # after the reason ``restrict`` gave (planning again does not repeat it)
+            exp.not_run[column.name] = f"{exp.not_run[column.name].split('; ')[0]}; {why}"
 
 
 def plan(exp: Experiment, overrides: Sequence[str] = ()) -> List[CellRun]:
