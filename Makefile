@@ -11,11 +11,14 @@ STAMP    := $(VENV)/.installed-$(shell cat requirements/ci.txt pyproject.toml | 
 help:
 	@echo "make table1        reproduce a paper table (table1 ... table9) -> results/table1.{csv,md,tex}, figures/table1.png"
 	@echo "make fig1 / fig2   the paper's figures -> figures/fig1.{png,pdf}"
-	@echo "make tables        every table; make figures: both figures; make report: render all, train nothing"
+	@echo "make table11       the GCN table on the CPU (Citeseer / Cora / Pubmed; COLUMNS=Cora for one graph)"
+	@echo "make fig3          the GCN lambda sweep on Cora (validation and test accuracy against lambda)"
+	@echo "make tables        every table; make figures: every figure; make report: render all, train nothing"
 	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes)"
 	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~15 min)"
 	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 (default: 1 on CPU; on CUDA bench-gpu's best)"
 	@echo "           NPROC=8 (GPUs per run, torchrun) DRY=1 (list runs, train nothing) COLLECT=1 (render only)"
+	@echo "           COLUMNS=Cora (only these columns; the table shows the others as not run, with why)"
 	@echo "           LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
 	@echo "           RESULTS=results FIGURES=figures, and config overrides"
 	@echo "           as key=value (lr=0.05 reg.proj_dim=30) or ARGS='key=value ...'"
@@ -41,10 +44,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
-# Regulariser ATen op counts + CPU times, then CPU training throughput of the engine (BENCHMARKS.md, sections 1-2).
+# Regulariser ATen op counts + CPU times, then CPU training throughput of the engine (BENCHMARKS.md, sections 1-2),
+# then one GCN run per method on Cora at 1 thread (the GCN section).
 bench: $(STAMP)
 	$(PYTHON) -m comhe.bench.regularizers --out $(RESULTS)/bench/regularizers.csv
 	$(PYTHON) -m comhe.bench.throughput --out $(RESULTS)/bench/throughput_cpu.csv
+	$(PYTHON) -m comhe.bench.gcn --out $(RESULTS)/bench/gcn_cpu.csv
 
 # Not on the venv stamp: GPU machines may have no network to build it. The venv's python if there is one, else the
 # system python3 with torch installed. Writes $(RESULTS)/bench/best_jobs.json, the runner's default JOBS on this card.
@@ -64,9 +69,11 @@ LAUNCHER ?= local
 RESULTS  ?= results
 FIGURES  ?= figures
 ARGS     ?=
+# COLUMNS=Cora on the make command line only: shells and terminals export COLUMNS as the terminal width.
+TABLE_COLUMNS = $(if $(filter command line,$(origin COLUMNS)),$(COLUMNS))
 # Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
-OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP
+OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS
 SPACE     := $(subst ,, )
 CMDLINE   := $(subst $$$$,$$,$(subst \$(SPACE),^,$(MAKEOVERRIDES)))  # make escapes a space as "\ ", a $ as $$
 Q         := '
@@ -75,8 +82,8 @@ OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subs
 RUN_FLAGS  = --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)) --nproc $(NPROC) --launcher $(LAUNCHER) \
              --results $(RESULTS) --figures $(FIGURES) \
              $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \
-             $(if $(SLURM),--slurm $(SLURM))
-EXPERIMENTS := table1 table2 table3 table4 table5 table6 table7 table8 table9 fig1 fig2
+             $(if $(SLURM),--slurm $(SLURM)) $(if $(TABLE_COLUMNS),--columns '$(TABLE_COLUMNS)')
+EXPERIMENTS := table1 table2 table3 table4 table5 table6 table7 table8 table9 table11 fig1 fig2 fig3
 
 .PHONY: $(EXPERIMENTS) tables figures report smoke demo
 

@@ -7,6 +7,7 @@ module              what
 ``cifar.py``        ``cifar10``, ``cifar100``, ``synthetic`` (tiny CIFAR in the real format)
 ``fashion_mnist.py````fashion_mnist``
 ``imagenet.py``     ``imagenet``, ``synthetic_imagenet``
+``planetoid.py``    ``cora``, ``citeseer``, ``pubmed``, ``synthetic_planetoid`` (graphs; ``pickles.py`` reads them)
 ``augment.py``      the official CIFAR augmentation, batched on the device
 ``streams.py``      resumable batch streams: ``TensorLoader`` (data on the device), ``LoaderStream``
 ``synthetic.py``    writers of small learnable datasets in the real on-disk formats
@@ -18,5 +19,8 @@ This layer imports the library's ``registry`` and nothing of models, training or
 from __future__ import annotations
 
 from . import cifar, fashion_mnist, imagenet  # noqa: F401  (each registers its datasets)
+from . import planetoid, synthetic_planetoid  # noqa: F401  (graphs for node classification)
 from .bundle import (DATASETS, DataBundle, DatasetUnavailable, build, data_root, declared_num_classes,  # noqa: F401
                      offline, option_defaults, takes_workers, tensor_bundle)
+from .bundle import NODE_DATASETS, probe, task  # noqa: F401
+from .planetoid import GraphBundle  # noqa: F401

@@ -25,7 +25,7 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor
@@ -72,7 +72,26 @@ def takes_workers(name: str) -> bool:
     return "workers" in inspect.signature(DATASETS.get(name)).parameters
 
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10,
+               "cora": 7, "citeseer": 6, "pubmed": 3}
+# Datasets of graphs for node classification (``planetoid.py``): ``comhe.train.node_engine`` trains them.
+NODE_DATASETS: set = set()
+
+
+# dataset name -> probe(root, **options) -> why it cannot be used now (missing or damaged files), or None; cheap,
+# never downloads. Datasets without a probe are not checked (``probe`` returns None).
+PROBES: Dict[str, Callable[..., Optional[str]]] = {}
+
+
+def probe(name: str, root=None, **options) -> Optional[str]:
+    """Why dataset ``name`` is unavailable (one line), or None when it is there or has no probe."""
+    fn = PROBES.get(name)
+    return fn(data_root(root), **options) if fn else None
+
+
+def task(name: str) -> str:
+    """``"node"`` for a graph dataset (full-batch node classification), else ``"image"``."""
+    return "node" if name in NODE_DATASETS else "image"
 
 
 def declared_num_classes(name: str, options: dict) -> int:

@@ -33,7 +33,7 @@ from ..train.records import run_name
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 PROFILES = ("paper", "quick", "smoke")
 TOP_KEYS = {"name", "title", "source", "kind", "metric", "base", "rows", "columns", "seeds", "references", "claims",
-            "figures", "profiles", "notes"}
+            "figures", "profiles", "notes", "select", "selected_by"}
 PROFILE_KEYS = {"seeds", "config", "datasets", "columns", "rows", "keep_weights"}
 VAR = re.compile(r"^\$\{(\w+)\}$")
 class Metric(NamedTuple):
@@ -52,7 +52,8 @@ METRICS = {"final_test_error": Metric("final test error %", 2),
            "best_test_error": Metric("best test error %", 2),
            "final_test_accuracy": Metric("final test accuracy %", 2, True, "final_test_error"),
            "best_test_accuracy": Metric("best test accuracy %", 2, True, "best_test_error"),
-           "final_hidden_energy": Metric("hidden-layer energy (sum of full-space s=2 pair means)", 3)}
+           "final_hidden_energy": Metric("hidden-layer energy (sum of full-space s=2 pair means)", 3),
+           "final_val_accuracy": Metric("final validation accuracy %", 2, True)}  # node runs: at the stopping epoch
 
 
 class ExperimentError(ValueError):
@@ -104,6 +105,9 @@ class Experiment:
     profile: str
     profile_spec: Dict[str, Any]
     keep_weights: bool
+    select: Optional[Dict[str, Any]] = None     # a sweep: {metric: ...}, per row the column with the best mean
+    selected_by: Optional[str] = None           # the sweep (experiment name) this table's settings come from
+    not_run: Dict[str, str] = field(default_factory=dict)   # column -> why it is not planned (``restrict``)
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -215,13 +219,20 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
         columns=columns,
         seeds=parse_seeds(seeds if seeds not in (None, "") else spec.get("seeds", raw.get("seeds", 3))),
         references=references, claims=raw.get("claims") or [], figures=raw.get("figures") or [{"kind": "bars"}],
-        notes=raw.get("notes") or [], profile=profile, profile_spec=spec, keep_weights=spec.get("keep_weights", True))
+        notes=raw.get("notes") or [], profile=profile, profile_spec=spec, keep_weights=spec.get("keep_weights", True),
+        select=raw.get("select"), selected_by=raw.get("selected_by"))
     _check(exp)
     return exp
 
 
 def _check(exp: Experiment) -> None:
     path = exp.path
+    if exp.select is not None:
+        _require(isinstance(exp.select, Mapping) and exp.select.get("metric") in METRICS, path,
+                 f"select must be {{metric: <one of {list(METRICS)}>}}, got {exp.select!r}")
+    if exp.selected_by is not None:
+        _require(isinstance(exp.selected_by, str) and exp.selected_by != exp.name, path,
+                 f"selected_by must name another experiment (a sweep with select:), got {exp.selected_by!r}")
     _require(exp.rows and exp.columns, path, "needs rows and columns")
     row_names, col_names = [r.name for r in exp.rows], [c.name for c in exp.columns]
     _require(len(set(row_names)) == len(row_names) and len(set(col_names)) == len(col_names), path,
@@ -308,9 +319,38 @@ def apply_overrides(cfgs: Sequence[Dict[str, Any]], overrides: Sequence[str]) ->
     return out
 
 
+def restrict(exp: Experiment, columns: Sequence[str]) -> None:
+    """Plan only ``columns`` of ``exp`` (``COLUMNS=Cora``); the others render as not run, with the reason."""
+    names = [c.name for c in exp.columns]
+    chosen = [n for n in names if n.lower() in {c.strip().lower() for c in columns}]
+    _require(bool(chosen), exp.path, f"COLUMNS={','.join(columns)} names none of its columns ({', '.join(names)})")
+    exp.not_run = {n: f"not selected (COLUMNS={','.join(columns)})" for n in names if n not in chosen}
+
+
+def _data_status(exp: Experiment, overrides: Sequence[str]) -> None:
+    """Add to each not-run column's reason whether its data is there (``data.probe``: node datasets only)."""
+    from .. import data
+    for column in exp.columns:
+        if column.name not in exp.not_run:
+            continue
+        row = next((r for r in exp.rows if exp.layout_text(r, column) is None), None)
+        if row is None:
+            continue
+        try:
+            cfg = config_lib.merge(config_lib.DEFAULTS, apply_overrides([cell_config(exp, row, column)], overrides)[0])
+        except (config_lib.ConfigError, ExperimentError):
+            continue
+        why = data.probe(cfg["dataset"], cfg["data_root"] or None, **cfg["data"])
+        if why:  # after the reason ``restrict`` gave (planning again does not repeat it)
+            exp.not_run[column.name] = f"{exp.not_run[column.name].split('; ')[0]}; {why}"
+
+
 def plan(exp: Experiment, overrides: Sequence[str] = ()) -> List[CellRun]:
-    """Every (row, column, seed) the layout trains, with its validated config and run directory name."""
-    cells: List[Tuple[Row, Column]] = [(r, c) for r in exp.rows for c in exp.columns if exp.layout_text(r, c) is None]
+    """Every (row, column, seed) the layout trains, with its validated config and run directory name; columns in
+    ``exp.not_run`` (``restrict``) are left out."""
+    cells: List[Tuple[Row, Column]] = [(r, c) for r in exp.rows for c in exp.columns
+                                       if exp.layout_text(r, c) is None and c.name not in exp.not_run]
+    _data_status(exp, overrides)
     raw = apply_overrides([cell_config(exp, r, c) for r, c in cells], overrides)
     out = []
     for (row, column), cfg in zip(cells, raw):

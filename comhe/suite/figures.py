@@ -10,6 +10,9 @@ An experiment lists its figures (``figures: [{kind: ...}]``; a table gets ``bars
                (docs/reference.md §4 read-offs) as hollow markers at our last iteration.
 * ``sweep``    the MHE hyperparameter figure: error against the columns' ``x`` (lambda, log axis), ±std bands,
                ``flat`` rows (the baseline) as a horizontal line, the paper's read-offs as hollow markers.
+* ``selection`` a sweep that chooses a setting (``select:``): one panel per metric (validation, test) against
+               ``x``, ±std bands over seeds, ``flat`` rows as lines, and each row's choice (best mean of the
+               ``select`` metric) starred in every panel.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ _PALETTE = sns.color_palette("colorblind", 10)
 METHOD_COLOURS = {"Baseline": (0.45, 0.45, 0.45), "Orthogonal": _PALETTE[7], "Orthonormal": _PALETTE[5],
                   "SRIP": _PALETTE[4], "MHE": _PALETTE[0], "HS-MHE": _PALETTE[9], "RP-CoMHE": _PALETTE[3],
                   "AP-CoMHE": _PALETTE[1], "Adv-CoMHE": _PALETTE[2], "G-CoMHE": _PALETTE[6],
-                  "MHE(O)": _PALETTE[8], "MHE(H)": _PALETTE[0], "HS-MHE(H)": _PALETTE[9]}
+                  "MHE(O)": _PALETTE[8], "MHE(H)": _PALETTE[0], "HS-MHE(H)": _PALETTE[9], "GCN": (0.45, 0.45, 0.45)}
 LABELS = {"hidden_energy": "hyperspherical energy (hidden layers)", "test_error": "testing error (%)"}
 
 
@@ -176,6 +179,44 @@ def sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root
     ax.set_xlabel(xlabel)
     ax.set_ylabel(axis_label(metric))
     ax.legend(fontsize=8, frameon=False)
+    fig.suptitle(exp.title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+@FIGURES.register("selection")
+def selection_sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path, out: Path,
+                    metrics: Sequence[str] = (), flat: Sequence[str] = (), xlabel: str = "x", xscale: str = "log",
+                    **spec):
+    from .selection import choose
+    metrics = list(metrics) or [exp.select["metric"], exp.columns[0].metric]
+    xs = {c.name: c.x for c in exp.columns}
+    done = df[df["status"] == "done"].assign(x=lambda d: d["column"].map(xs)) if len(df) else df
+    chosen = choose(exp, df) if len(done) else {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False, sharex=True)
+    for ax, metric in zip(axes[0], metrics):
+        for j, row in enumerate(_trained_rows(exp, df)):
+            mine = done[done["row"] == row].dropna(subset=[metric]) if len(done) else done
+            c = colour(row, j)
+            if not len(mine):
+                continue
+            if row in flat:  # one run per seed in every column: a line with its band
+                one = mine.drop_duplicates("run")[metric].astype(float)
+                ax.axhline(one.mean(), color=c, linestyle="--", label=f"{row} (no energy term)")
+                if len(one) > 1:
+                    ax.axhspan(one.mean() - one.std(), one.mean() + one.std(), color=c, alpha=0.12, linewidth=0)
+                continue
+            _band(ax, mine.astype({metric: float}), "x", metric, row, c, marker="o", ms=3)
+            if row in chosen:
+                pick = mine[mine["column"] == chosen[row].column][metric].astype(float)
+                ax.scatter([xs[chosen[row].column]], [pick.mean()], marker="*", s=140, color=c, edgecolors="black",
+                           linewidths=0.6, zorder=4)
+        ax.set_xscale(xscale)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(axis_label(metric))
+    axes[0][0].scatter([], [], marker="*", s=100, color="white", edgecolors="black", label=
+                       f"chosen: best mean {METRICS[exp.select['metric']].label}")
+    axes[0][0].legend(fontsize=7, frameon=False)
     fig.suptitle(exp.title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out)

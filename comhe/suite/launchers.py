@@ -53,10 +53,10 @@ def execute_one(cfg: Dict[str, Any], run_dir: str, keep_weights: bool = True) ->
     run = RunDir(run_dir)
     if run.status() == "done":
         return {"outcome": "skipped", "final": run.read_final()}
-    from ..train import engine  # torch is imported here, not when planning on a login node
+    from ..train.trainers import for_config  # torch is imported here, not when planning on a login node
     evaluated = []  # the engine reports each evaluation it ran in this process
     try:
-        final = engine.train(cfg, run_dir, report=evaluated.append)
+        final = for_config(cfg).train(cfg, run_dir, report=evaluated.append)
     except RunLocked as err:
         return {"outcome": "locked", "message": str(err)}
     if not (evaluated or _finished_after_last_lock(run)):

@@ -22,9 +22,10 @@ from . import claims as claims_lib
 from .experiments import METRICS, CellRun, Experiment, Reference
 from ..train.records import RunDir, atomic_write
 
-DASH, NOT_CONVERGED = "—", "N/C"
+DASH, NOT_CONVERGED, NOT_RUN = "—", "N/C", "not run"
 RESULT_KEYS = ("final_test_error", "best_test_error", "final_test_accuracy", "best_test_accuracy", "best_iteration",
-               "final_hidden_energy", "iterations", "diverged_at", "wall_time_s", "train_images_per_s")
+               "final_hidden_energy", "iterations", "diverged_at", "wall_time_s", "train_images_per_s",
+               "final_val_accuracy", "final_val_loss", "stopped_early")  # the last three: node runs
 META_KEYS = ("git_sha", "device", "torch", "cuda", "host")
 
 
@@ -146,6 +147,8 @@ def layout(exp: Experiment, stats: Dict[Tuple[str, str], CellStats], pm: str = "
         for column in exp.columns:
             digits = METRICS[column.metric][1]
             fixed = exp.layout_text(row, column)
+            if fixed is None and column.name in exp.not_run:
+                fixed = NOT_RUN  # COLUMNS= left it out: the reason is listed under the table
             st = stats[(row.name, column.name)]
             line.append(fixed if fixed is not None else ours_text(st, digits, pm))
             for ref in _refs_for(exp, column.name):
@@ -189,7 +192,23 @@ def _metric_line(exp: Experiment) -> str:
     return "; ".join(METRICS[m][0] for m in metrics)
 
 
-def render_md(exp: Experiment, df: pd.DataFrame) -> str:
+def run_claims(exp: Experiment) -> List[Dict[str, Any]]:
+    """The claims restricted to the columns that were run: a claim over not-run columns only is left out."""
+    run = [c.name for c in exp.columns if c.name not in exp.not_run]
+    out = []
+    for claim in exp.claims:
+        if claim.get("cells"):
+            if all(col in run for _, col in claim["cells"]):
+                out.append(claim)
+            continue
+        kept = [c for c in (claim.get("columns") or run) if c in run]
+        if kept:
+            out.append({**claim, "columns": kept})
+    return out
+
+
+def render_md(exp: Experiment, df: pd.DataFrame, extra: Sequence[str] = ()) -> str:
+    """``extra``: lines placed after the notes (e.g. where a table's settings were selected)."""
     stats = cell_stats(exp, df)
     groups, body = layout(exp, stats)
     head = ["Method"] + [f"{name}: {sub}" if i == 0 else sub for name, subs in groups for i, sub in enumerate(subs)]
@@ -200,10 +219,13 @@ def render_md(exp: Experiment, df: pd.DataFrame) -> str:
              "| " + " | ".join(head) + " |", "|" + "|".join([":--"] + ["--:"] * (len(head) - 1)) + "|"]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     lines += ["", "References:"] + ([f"- {r.label}: {r.source}" for r in exp.references] or ["- none"])
+    if exp.not_run:
+        lines += ["", "Not run:"] + [f"- {name}: {why}" for name, why in exp.not_run.items()]
     found = discrepancies(exp)
     if found:
         lines += ["", "Reference discrepancies (shown, not resolved):"] + [f"- {d}" for d in found]
-    results = claims_lib.check_all(exp.claims, claim_values(exp, stats), [c.name for c in exp.columns],
+    results = claims_lib.check_all(run_claims(exp), claim_values(exp, stats),
+                                   [c.name for c in exp.columns if c.name not in exp.not_run],
                                    {c.name: METRICS[c.metric].higher_is_better for c in exp.columns})
     lines += ["", f"Claims of the paper, checked across seeds ({claims_lib.TEST_NAME}):"]
     if not results:
@@ -214,6 +236,8 @@ def render_md(exp: Experiment, df: pd.DataFrame) -> str:
         lines += [f"  - {c.verdict}: {c.describe(_digits(exp, c.column))}" for c in res.comparisons]
     if exp.notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in exp.notes]
+    if extra:
+        lines += [""] + list(extra)
     shas = sorted({str(s) for s in df.get("git_sha", pd.Series(dtype=object)).dropna()}) if len(df) else []
     devices = sorted({str(s) for s in df.get("device", pd.Series(dtype=object)).dropna()}) if len(df) else []
     lines += ["", f"Runs: {status_line(df)}. Code: {', '.join(shas) or 'n/a'}. Devices: {', '.join(devices) or 'n/a'}.",
@@ -248,12 +272,12 @@ def render_tex(exp: Experiment, df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write(exp: Experiment, df: pd.DataFrame, out_dir: Path) -> List[Path]:
+def write(exp: Experiment, df: pd.DataFrame, out_dir: Path, extra: Sequence[str] = ()) -> List[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{exp.name}.{ext}" for ext in ("csv", "md", "tex")]
     # Atomic (temporary file + rename): two invocations rendering at once, or a reader, never see half a table.
     atomic_write(paths[0], df.to_csv(index=False))
-    atomic_write(paths[1], render_md(exp, df))
+    atomic_write(paths[1], render_md(exp, df, extra))
     atomic_write(paths[2], render_tex(exp, df))
     return paths

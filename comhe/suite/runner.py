@@ -61,8 +61,12 @@ def targets(names: Sequence[str]) -> List[str]:
     return out
 
 
-def make_plan(names: Sequence[str], profile: str = "paper", seeds: Any = None, overrides: Sequence[str] = ()) -> Plan:
+def make_plan(names: Sequence[str], profile: str = "paper", seeds: Any = None, overrides: Sequence[str] = (),
+              columns: Sequence[str] = ()) -> Plan:
+    """``columns``: plan only these columns (case-insensitive) of each experiment (``COLUMNS=Cora``)."""
     exps = [experiments_lib.load(n, profile, seeds) for n in targets(names)]
+    for exp in exps if columns else ():
+        experiments_lib.restrict(exp, columns)
     cells, runs, keep = {}, {}, {}
     for exp in exps:
         cells[exp.name] = experiments_lib.plan(exp, overrides)
@@ -210,8 +214,9 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
         done[0] += 1
         counts[outcome] = counts.get(outcome, 0) + 1
         final = result.get("final") or {}
-        err = final.get("final_test_error")
-        detail = f"test error {err:.2f}%" if isinstance(err, float) else result.get("message", "")
+        err, acc = final.get("final_test_error"), final.get("final_test_accuracy")  # accuracy: node runs
+        detail = f"test accuracy {acc:.2f}%" if isinstance(acc, float) else f"test error {err:.2f}%" \
+            if isinstance(err, float) else result.get("message", "")
         line(i, outcome, detail + (" (finished by another process)" if outcome == "elsewhere" else ""),
              f"{done[0]}/{len(pending)}")
         if result.get("traceback"):
@@ -266,9 +271,13 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout) -> Dict[str, int]:
         print(f"  {'status':<8} {'row':<{width_r}} {'column':<{width_c}} seed  run", file=out)
         for c in cells:
             print(f"  {states[c.name]:<8} {c.row:<{width_r}} {c.column:<{width_c}} {c.seed:>4}  {c.name}", file=out)
+        for column, why in exp.not_run.items():
+            print(f"  not run: {column}: {why}", file=out)
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "todo")}
     todo = [p for p in plan.runs if states[p.name] != "done"]
-    images = sum(p.cfg["iterations"] * p.cfg["batch_size"] for p in todo)
+    from .. import data
+    # full-batch node runs train no images: an iteration is an epoch of the whole graph
+    images = sum(p.cfg["iterations"] * p.cfg["batch_size"] for p in todo if data.task(p.cfg["dataset"]) == "image")
     print(f"{len(plan.runs)} unique runs: {counts['done']} done, {counts['partial']} partial, {counts['todo']} todo; "
           f"left to train: {sum(p.cfg['iterations'] for p in todo)} iterations, {images} training images "
           "(partial runs counted whole)", file=out, flush=True)
@@ -277,11 +286,13 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout) -> Dict[str, int]:
 
 def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=sys.stdout) -> List[Path]:
     """Tables (csv, md, tex) and figures of every experiment of the plan, from the run records only."""
-    from . import report
+    from . import report, selection
     paths = []
     for exp in plan.experiments:
         df = report.collect(exp, plan.cells[exp.name], runs_root)
-        paths += report.write(exp, df, results)
+        extra = (selection.sweep_lines(exp, df) if exp.select else []) + \
+            (selection.table_lines(exp, plan.cells[exp.name], runs_root) if exp.selected_by else [])
+        paths += report.write(exp, df, results, extra)
         if figures_dir is not None:
             from . import figures
             paths += figures.render(exp, df, plan.cells[exp.name], runs_root, figures_dir)

@@ -28,11 +28,12 @@ COLUMNS = [("iteration", "iter", 7, "d"), ("epoch", "epoch", 7, ".1f"), ("lr", "
            ("test_error", "test_err%", 9, ".2f"), ("hidden_energy", "hid_E", 8, ".4f"), ("seconds", "time_s", 8, ".0f")]
 
 
-def line_reporter(out=sys.stdout) -> Callable[[Dict[str, Any]], None]:
-    print(" ".join(f"{title:>{width}}" for _, title, width, _ in COLUMNS), file=out, flush=True)
+def line_reporter(out=None, columns=None) -> Callable[[Dict[str, Any]], None]:
+    out, columns = out or sys.stdout, columns or COLUMNS  # sys.stdout when called, not when imported
+    print(" ".join(f"{title:>{width}}" for _, title, width, _ in columns), file=out, flush=True)
 
     def report(row: Dict[str, Any]) -> None:
-        print(" ".join(f"{row[key]:>{width}{fmt}}" for key, _, width, fmt in COLUMNS), file=out, flush=True)
+        print(" ".join(f"{row[key]:>{width}{fmt}}" for key, _, width, fmt in columns), file=out, flush=True)
     return report
 
 
@@ -66,6 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from . import distributed, engine
+    from .trainers import for_config
     from ..data import DatasetUnavailable
 
     try:
@@ -82,23 +84,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as err:
         return _fail(_unwritable(run_dir, err), 2)
     import torch
+    trainer = for_config(cfg)  # the image engine, or the node engine for a graph dataset
     ctx = distributed.init("cuda" if cfg["device"].startswith("cuda") or (
         cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        setup = engine.prepare(cfg, ctx)
+        setup = trainer.prepare(cfg, ctx)
     except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)
         distributed.shutdown(ctx)
         return _fail(str(err), 2)
     report = None
     if ctx.is_main and args.progress != "none":
         use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
-        report = tqdm_reporter(cfg["iterations"]) if use_bar else line_reporter()
+        report = tqdm_reporter(cfg["iterations"]) if use_bar else line_reporter(columns=trainer.columns)
     if ctx.is_main:
         print(f"run: {run_dir}", flush=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            final = engine.train(cfg, run_dir, setup, report)
+            final = trainer.train(cfg, run_dir, setup, report)
     except RunLocked as err:
         return _fail(str(err), 3)
     except engine.Preempted as err:
@@ -114,8 +117,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{final['iterations']}): N/C")
         return 4
     if ctx.is_main:
-        print(f"{run_dir}: final test error {final['final_test_error']:.2f}% "
-              f"(best {final['best_test_error']:.2f}% at {final['best_iteration']}), {final['wall_time_s']:.0f} s")
+        print(f"{run_dir}: {trainer.describe(final)}")
     return 0
 
 

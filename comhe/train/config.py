@@ -36,6 +36,8 @@ DEFAULTS: Dict[str, Any] = {
     "loss": "official",         # official: CE of log(softmax + 1e-4) with label smoothing; cross_entropy: standard
     "label_smoothing": 0.01,    # official: targets 0.99 one-hot + 0.01 / classes
     "augment": True,            # official CIFAR: symmetric pad 4, random crop, flip
+    "early_stopping": 0,        # node classification: stop when the val loss exceeds the mean of this many epochs
+                                # before it (tkipf/gcn: 10); 0 = off. An iteration is then an epoch
     # --- evaluation and records
     "eval_every": 500,          # iterations between full test-set evaluations (and metrics rows)
     "eval_batch_size": 1000,
@@ -54,7 +56,10 @@ DEFAULTS: Dict[str, Any] = {
 
 # Keys added to DEFAULTS after run names were pinned (tests/suite/golden/run_names.json). At their default they are
 # left out of a run's hash (``records.config_hash``), so adding a key never renames, and so never retrains, a run.
-ADDED_KEYS: tuple = ()
+ADDED_KEYS: tuple = ("early_stopping",)
+# Keys of the minibatch image loop that a full-batch node run (comhe/train/node_engine.py: Adam on the whole graph)
+# has no use for: set away from their defaults for a graph dataset, they are refused rather than ignored.
+IMAGE_ONLY = ("batch_size", "momentum", "nesterov", "wd_exclude_bn", "augment", "compile", "cuda_graph")
 
 CHOICES = {"loss": ("official", "cross_entropy"), "amp": ("auto", "off", "bf16"),
            "channels_last": ("auto", True, False)}
@@ -195,7 +200,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
     for key in ("iterations", "lr", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every"):
         positive(key)
-    for key in ("weight_decay", "momentum", "label_smoothing", "workers", "threads"):
+    for key in ("weight_decay", "momentum", "label_smoothing", "workers", "threads", "early_stopping"):
         positive(key, allow_zero=True)
     if not 0 < cfg["lr_decay"] <= 1:
         raise ConfigError(f"lr_decay must be in (0, 1], got {cfg['lr_decay']}")
@@ -225,7 +230,21 @@ def validate(cfg: Mapping[str, Any]) -> None:
                     default = _SAMPLE.get(section_types(cfg, section).get(key))
                 if not _type_ok(value, default):
                     raise ConfigError(f"{section}.{key} must be {type(default).__name__}, got {value!r}")
+    _check_task_keys(cfg)
     _check_buildable(cfg)
+
+
+def _check_task_keys(cfg: Mapping[str, Any]) -> None:
+    """Keys that only one trainer reads are refused where the other would silently ignore them."""
+    from .. import data
+    if data.task(cfg["dataset"]) == "node":
+        bad = [k for k in IMAGE_ONLY if cfg[k] != DEFAULTS[k]] + (["amp"] if cfg["amp"] == "bf16" else [])
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: not used by full-batch node classification (dataset "
+                              f"{cfg['dataset']!r}: Adam on the whole graph, float32); leave at the default")
+    elif cfg["early_stopping"]:
+        raise ConfigError(f"early_stopping applies to node classification (graph datasets), not to "
+                          f"{cfg['dataset']!r}")
 
 
 _SECTION_OWNER = {"reg": "regularizer", "model_options": "model", "data": "dataset"}

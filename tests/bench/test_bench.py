@@ -100,3 +100,12 @@ def test_runner_takes_jobs_and_step_modes_measured_on_this_card(tmp_path, monkey
     assert run.main(args + ["--nproc", "2"]) == 0 and seen == {"jobs": 1, "modes": {"cnn9": False}}  # DDP: no graphs
     (bench / "best_jobs.json").write_text(json.dumps({**measured, "device": "NVIDIA A100-SXM4-40GB"}))
     assert run.main(args) == 0 and seen == {"jobs": 4, "modes": {"cnn9": False}}
+
+
+def test_gcn_bench_plumbing(tmp_path):
+    """``python -m comhe.bench.gcn --self-test``: one small run per method and the dropout timings, into the CSV."""
+    from comhe.bench import gcn
+    rows, drop = gcn.main(["--self-test", "--runs", "1", "--out", str(tmp_path / "gcn.csv")])
+    assert [r["regularizer"] for r in rows] == ["none", "hs_mhe", "rp_comhe", "ap_comhe"]
+    assert all(r["run_s"] > 0 and r["epochs"] >= 12 for r in rows) and len(drop) == 3
+    assert (tmp_path / "gcn.csv").read_text().count("\n") == 8
