@@ -275,12 +275,14 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout) -> Dict[str, int]:
     return counts
 
 
-def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=sys.stdout) -> List[Path]:
-    """Tables (csv, md, tex) and figures of every experiment of the plan, from the run records only."""
+def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=sys.stdout,
+           running: bool = False) -> List[Path]:
+    """Tables (csv, md, tex) and figures of every experiment of the plan, from the run records only (``running``:
+    with the runs still training counted at their latest evaluation, marked as such)."""
     from . import report
     paths = []
     for exp in plan.experiments:
-        df = report.collect(exp, plan.cells[exp.name], runs_root)
+        df = report.collect(exp, plan.cells[exp.name], runs_root, running=running)
         paths += report.write(exp, df, results)
         if figures_dir is not None:
             from . import figures
