@@ -19,4 +19,4 @@ from __future__ import annotations
 
 from . import cifar, fashion_mnist, imagenet  # noqa: F401  (each registers its datasets)
 from .bundle import (DATASETS, DataBundle, DatasetUnavailable, build, data_root, declared_num_classes,  # noqa: F401
-                     offline, option_defaults, takes_workers, tensor_bundle)
+                     locate, offline, option_defaults, removed_if_failed, takes_workers, tensor_bundle)

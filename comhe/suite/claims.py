@@ -17,8 +17,9 @@ Test, per comparison "A better than B" of two cells (A < B for error, A > B for 
 permutation test of the difference of means over the seeds (all C(nA + nB, nA) relabellings of the pooled runs;
 p = the share whose mean(A) - mean(B) is at most the observed one; values negated for accuracy), at ALPHA = 0.05.
 It assumes nothing about the distribution; its price is that small samples cannot reach 0.05: with 3 seeds a side
-the smallest p is 1/20, reached only when every run of A beats every run of B, and with 2 seeds a side it is 1/6. A comparison whose smallest reachable p is above ALPHA is "too few runs" (as is one
-with a missing side; diverged runs are excluded, as from the means).
+the smallest p is 1/20, reached only when every run of A beats every run of B, and with 2 seeds a side it is 1/6.
+A comparison whose smallest reachable p is above ALPHA is "too few runs" (as is one with a missing side; diverged
+runs are excluded, as from the means). ``test_sentence`` says this for the seed count of a table.
 
 Verdict of a claim: "not held" if any comparison with enough runs has p > ALPHA; else "too few runs" if any has
 too few; else "held".

@@ -153,18 +153,45 @@ def _file_lock(path: Path):
 
 def preflight(pending: Sequence[Planned]) -> None:
     """Build each dataset once before any worker starts: a download or a synthetic write never races, and a
-    missing dataset stops everything with one message (``DatasetUnavailable``) before anything is trained. A lock in
-    the data root makes two runner invocations take turns (synthetic datasets are written in place, not atomically:
-    one process would read the other's half-written files)."""
+    missing dataset stops everything with one message (``DatasetUnavailable``) before anything is trained or created
+    (``data.locate``: a mistyped data root is refused, not made). Where the dataset is written on use, a lock in the
+    data root makes two runner invocations take turns (synthetic datasets are written in place, not atomically: one
+    process would read the other's half-written files); data read in place get no lock file."""
     from .. import data
     seen = set()
     for p in pending:
         cfg = p.cfg
         key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
-        if key not in seen:
-            seen.add(key)
-            with _file_lock(data.data_root(cfg["data_root"] or None) / ".comhe-preflight.lock"):
-                data.build(cfg["dataset"], root=cfg["data_root"] or None, device="cpu", **cfg["data"])
+        if key in seen:
+            continue
+        seen.add(key)
+        root = cfg["data_root"] or None
+        problem, writes = data.locate(cfg["dataset"], root, **cfg["data"])
+        if problem:
+            raise data.DatasetUnavailable(problem)
+        if not writes:
+            data.build(cfg["dataset"], root=root, device="cpu", **cfg["data"])
+            continue
+        lock = data.data_root(root) / ".comhe-preflight.lock"
+        with data.removed_if_failed(lock.parent, files=[lock]):
+            lock.parent.mkdir(exist_ok=True)  # its parent exists (locate)
+            with _file_lock(lock):
+                data.build(cfg["dataset"], root=root, device="cpu", **cfg["data"])
+
+
+def missing_data(runs: Sequence[Planned]) -> Dict[str, str]:
+    """Run name -> why its dataset cannot be had (``DRY=1``); reads only, one look per distinct dataset."""
+    from .. import data
+    found: Dict[Any, Optional[str]] = {}
+    out = {}
+    for p in runs:
+        cfg = p.cfg
+        key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
+        if key not in found:
+            found[key] = data.locate(cfg["dataset"], cfg["data_root"] or None, **cfg["data"])[0]
+        if found[key]:
+            out[p.name] = found[key]
+    return out
 
 
 def check_nproc(pending: Sequence[Planned], nproc: int) -> None:

@@ -50,11 +50,13 @@ DEFAULTS: Dict[str, Any] = {
     "cuda_graph": False,        # capture the whole step (optimiser included) in CUDA graphs (steps.py)
     "workers": 8,               # DataLoader workers per process (ImageNet only; CIFAR lives on the device)
     "threads": 0,               # CPU threads for torch (0: torch's default)
+    # --- observing a run (not part of its identity)
+    "tensorboard": False,       # log every metrics row to <run dir>/tensorboard/ (train/tracking.py)
 }
 
 # Keys added to DEFAULTS after run names were pinned (tests/suite/golden/run_names.json). At their default they are
 # left out of a run's hash (``records.config_hash``), so adding a key never renames, and so never retrains, a run.
-ADDED_KEYS: tuple = ()
+ADDED_KEYS: tuple = ("tensorboard",)
 
 CHOICES = {"loss": ("official", "cross_entropy"), "amp": ("auto", "off", "bf16"),
            "channels_last": ("auto", True, False)}
