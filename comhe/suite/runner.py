@@ -336,5 +336,8 @@ def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Pat
         if figures_dir is not None:
             from . import figures
             paths += figures.render(exp, df, plan.cells[exp.name], runs_root, figures_dir)
+    if set(targets(["all"])) <= {exp.name for exp in plan.experiments}:  # every table and figure: the scorecard
+        from . import scorecard
+        paths += scorecard.write(plan.experiments, plan.cells, runs_root, results, figures_dir)
     print("wrote " + ", ".join(str(p) for p in paths), file=out, flush=True)
     return paths
