@@ -36,17 +36,17 @@ from ..registry import Registry  # noqa: E402
 from .report import _num  # noqa: E402
 
 FIGURES = Registry("figure kind")
-# One colour per method everywhere: the baseline near-black, MHE blue and green, the CoMHE projections warm, the
-# orthogonality baselines brown / pink / yellow. Methods that share a colour never appear in the same experiment
+# One colour per method everywhere: the baseline near-black, MHE blue, HS-MHE green, RP-CoMHE vermillion, AP-CoMHE
+# purple, the orthogonality baselines brown / pink / yellow. Methods that share a colour never appear in the same experiment
 # (tests/suite/test_figures.py checks every shipped experiment).
 _CB = sns.color_palette("colorblind", 10)
 METHOD_COLOURS = {"Baseline": (0.15, 0.15, 0.15), "Original": (0.15, 0.15, 0.15), "GCN baseline": (0.15, 0.15, 0.15),
                   "Orthogonal": _CB[5], "Orthonormal": _CB[6], "SRIP": _CB[8],
-                  "MHE": _CB[0], "HS-MHE": _CB[2], "A-MHE": _CB[6], "HS-A-MHE": _CB[8],
-                  "RP-CoMHE": _CB[3], "AP-CoMHE": _CB[1], "Adv-CoMHE": _CB[4], "G-CoMHE": _CB[9],
+                  "MHE": _CB[0], "HS-MHE": _CB[2], "A-MHE": _CB[9], "HS-A-MHE": _CB[8],
+                  "RP-CoMHE": _CB[3], "AP-CoMHE": _CB[4], "Adv-CoMHE": _CB[8], "G-CoMHE": _CB[9],
                   "MHE(O)": _CB[4], "MHE(H)": _CB[0], "HS-MHE(H)": _CB[2]}
 # Other names (k=10, C=5, ...) by position, from a palette whose neighbours are far apart.
-_OTHERS = [_CB[i] for i in (0, 3, 2, 1, 4, 5, 9, 6, 8, 7)]
+_OTHERS = [_CB[i] for i in (0, 3, 2, 4, 8, 5, 9, 6, 1, 7)]
 LABELS = {"hidden_energy": "hyperspherical energy (hidden layers)", "test_error": "testing error (%)"}
 
 
@@ -183,7 +183,8 @@ def dynamics(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_r
         ax.set_xlabel("iteration")
         ax.set_ylabel(LABELS[y])
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
-    axes[1].legend(fontsize=8, frameon=False, title="mean, band ± std over seeds", title_fontsize=7)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=8, frameon=False, title="mean, band ± std over seeds", title_fontsize=7)
     if energy_refs:
         axes[0].set_title("hollow markers: paper end values (read-off)", fontsize=8)
     fig.suptitle(exp.title, fontsize=10)

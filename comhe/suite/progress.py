@@ -146,10 +146,11 @@ class Monitor:
     """Polls the progress records of ``runs`` (``(name, run dir, cfg)``) and shows them (module docstring)."""
 
     def __init__(self, runs: Sequence[Tuple[str, str, Mapping[str, Any]]], concurrent: int, out=sys.stdout,
-                 bars: Optional[bool] = None, poll_s: float = POLL_S, line_every_s: float = LINE_EVERY_S):
+                 bars: Optional[bool] = None, poll_s: Optional[float] = None, line_every_s: Optional[float] = None):
         self.runs, self.concurrent, self.out = list(runs), max(1, concurrent), out
-        self.bars = out.isatty() if bars is None else bars
-        self.poll_s, self.line_every_s = poll_s, line_every_s
+        self.bars = (hasattr(out, "isatty") and out.isatty()) if bars is None else bars
+        self.poll_s = POLL_S if poll_s is None else poll_s
+        self.line_every_s = LINE_EVERY_S if line_every_s is None else line_every_s
         self.total = sum(cfg["iterations"] for _, _, cfg in self.runs)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
