@@ -99,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"with --results / --figures (make RESULTS=... FIGURES=...)", file=sys.stderr)
             return 2
     if args.dry_run:
-        runner.dry_run(plan, runs_root, jobs=args.jobs or 1)
+        runner.dry_run(plan, runs_root, out=sys.stdout, jobs=args.jobs or 1)
         return 0
     counts = {}
     if not args.collect_only:

@@ -35,9 +35,10 @@ def _cell(value: Any, width: int, fmt: str) -> str:
     return f"{value:>{width}{fmt}}"
 
 
-def line_reporter(out=sys.stdout) -> Callable[[Dict[str, Any]], None]:
+def line_reporter(out=None) -> Callable[[Dict[str, Any]], None]:
     """One fixed-column line per evaluation; the header comes with the first line (after ``run:``)."""
     started = []
+    out = out or sys.stdout
 
     def report(row: Dict[str, Any]) -> None:
         if not started:
