@@ -37,8 +37,8 @@ from .report import _num  # noqa: E402
 
 FIGURES = Registry("figure kind")
 # One colour per method everywhere: the baseline near-black, MHE blue, HS-MHE green, RP-CoMHE vermillion, AP-CoMHE
-# purple, the orthogonality baselines brown / pink / yellow. Methods that share a colour never appear in the same experiment
-# (tests/suite/test_figures.py checks every shipped experiment).
+# purple, the orthogonality baselines brown / pink / yellow. Methods that share a colour never appear in the same
+# experiment (tests/suite/test_report_views.py checks every shipped one).
 _CB = sns.color_palette("colorblind", 10)
 METHOD_COLOURS = {"Baseline": (0.15, 0.15, 0.15), "Original": (0.15, 0.15, 0.15), "GCN baseline": (0.15, 0.15, 0.15),
                   "Orthogonal": _CB[5], "Orthonormal": _CB[6], "SRIP": _CB[8],
