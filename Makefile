@@ -11,9 +11,11 @@ STAMP    := $(VENV)/.installed-$(shell cat requirements/ci.txt pyproject.toml | 
 help:
 	@echo "make table1        reproduce a paper table (table1 ... table9) -> results/table1.{csv,md,tex}, figures/table1.png"
 	@echo "make fig1 / fig2   the paper's figures -> figures/fig1.{png,pdf}"
-	@echo "make tables        every table; make figures: both figures; make report: render all, train nothing"
+	@echo "make tables        every table; make figures: both figures"
+	@echo "make report        render every table and figure, train nothing; results/SCORECARD.md: every claim"
 	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes)"
 	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~15 min)"
+	@echo "make readme        the README's demo table and figures from HEAD -> docs/readme/ (commit first)"
 	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 (default: 1 on CPU; on CUDA bench-gpu's best)"
 	@echo "           NPROC=8 (GPUs per run, torchrun) DRY=1 (list runs, train nothing) COLLECT=1 (render only)"
 	@echo "           LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
