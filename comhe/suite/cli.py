@@ -6,11 +6,15 @@
     python -m comhe.run all --profile quick --jobs 4 lr=0.05 reg.proj_dim=30
     python -m comhe.run table5 --launcher slurm --slurm slurm_partition=gpu timeout_min=600
     python -m comhe.run table6 --nproc 8                # each run on 8 GPUs (torchrun, DDP)
+    python -m comhe.run table1 --collect-only --running  # the table now, runs still training marked
+    python -m comhe.run my.yaml --profile smoke         # your own experiment (docs/reference.md §7)
 
 Targets: table1 ... table9, fig1, fig2, demo, ``all`` (every table and figure), ``tables``, ``figures``, or a path
 to an experiment YAML. ``key=value`` arguments override config keys in every cell (``reg.*`` only where the
 regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<results>/<target>.{csv,md,tex}``,
-``<figures>/<target>.{png,pdf}``. A run another process is training is waited for (``runner.py``). Exit codes:
+``<figures>/<target>.{png,pdf}`` (``<figures>`` defaults to ``figures``, or ``<results>/figures`` with ``--results``),
+and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress and the table's ETA are shown
+(``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
 waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
 """
