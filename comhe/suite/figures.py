@@ -67,8 +67,11 @@ def stamp(fig, exp: Experiment, df: pd.DataFrame) -> None:
     from .report import command
     protocol = ("overrides " + " ".join(exp.overrides) + ": NOT the paper protocol") if exp.overrides else \
         ("paper protocol" if exp.profile == "paper" else f"profile {exp.profile}: not the paper protocol")
-    text = (f"profile {exp.profile} · seeds {','.join(map(str, exp.seeds))} · {protocol} · code {_shas(df)}\n"
-            f"{command(exp)}")
+    live = int(((df["status"] == "partial") & df["latest_iteration"].notna()).sum()) \
+        if len(df) and "latest_iteration" in df else 0
+    running = f" · includes {live} run(s) still training, at their latest evaluation" if live else ""
+    text = (f"profile {exp.profile} · seeds {','.join(map(str, exp.seeds))} · {protocol} · code {_shas(df)}"
+            f"{running}\n{command(exp)}")
     fig.text(0.01, -0.01, text, ha="left", va="top", fontsize=6.5, color="0.3", family="monospace",
              wrap=False)
 

@@ -77,7 +77,7 @@ def collect(exp: Experiment, cells: Sequence[CellRun], runs_root: Path, running:
 
 def latest(run: RunDir) -> Optional[Dict[str, Any]]:
     """A partial run's results so far, final.json-like, from its latest evaluation after iteration 0 (None if none):
-    ``final_<x>`` is the last row's ``<x>``, ``best_<x>`` the lowest ``<x>`` so far."""
+    ``final_<x>`` is the last row's ``<x>``, ``best_<x>`` the best so far (the lowest, the highest for an accuracy)."""
     rows = [r for r in run.read_metrics() if float(r.get("iteration") or 0) > 0]
     if not rows:
         return None
@@ -86,7 +86,8 @@ def latest(run: RunDir) -> Optional[Dict[str, Any]]:
         values = [_float(r.get(key)) for r in rows]
         if values[-1] is not None:
             out[f"final_{key}"] = values[-1]
-            out[f"best_{key}"] = min(v for v in values if v is not None)
+            best = max if METRICS.get(f"best_{key}", METRICS["best_test_error"]).higher_is_better else min
+            out[f"best_{key}"] = best(v for v in values if v is not None)
     out["best_iteration"] = None
     return out
 

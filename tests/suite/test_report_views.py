@@ -79,6 +79,10 @@ def test_running_runs_are_shown_marked_and_never_tested(with_a_running_run):
     tex = report.render_tex(exp, df)
     assert "(1 + 1 running)" in tex and "+ k running: runs still training" in tex
     assert "running" not in final_only.split("References:")[0]
+    fig = plt.figure()
+    figures.stamp(fig, exp, df)
+    assert "includes 1 run(s) still training" in fig.texts[0].get_text()
+    plt.close(fig)
 
 
 def test_every_experiment_gives_its_methods_distinct_colours():
