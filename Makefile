@@ -13,14 +13,17 @@ help:
 	@echo "make fig1 / fig2   the paper's figures -> figures/fig1.{png,pdf}"
 	@echo "make table11       the GCN table on the CPU (Citeseer / Cora / Pubmed; COLUMNS=Cora for one graph)"
 	@echo "make fig3          the GCN lambda sweep on Cora (validation and test accuracy against lambda)"
-	@echo "make tables        every table; make figures: every figure; make report: render all, train nothing"
+	@echo "make tables        every table; make figures: every figure"
+	@echo "make report        render every table and figure, train nothing; results/SCORECARD.md: every claim"
 	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes)"
 	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~15 min)"
+	@echo "make readme        the README's demo table and figures from HEAD -> docs/readme/ (commit first)"
 	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 (default: 1 on CPU; on CUDA bench-gpu's best)"
 	@echo "           NPROC=8 (GPUs per run, torchrun) DRY=1 (list runs, train nothing) COLLECT=1 (render only)"
 	@echo "           COLUMNS=Cora (only these columns; the table shows the others as not run, with why)"
 	@echo "           LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
-	@echo "           RESULTS=results FIGURES=figures, and config overrides"
+	@echo "           RUNNING=1 (tables also count runs still training, marked)"
+	@echo "           RESULTS=results FIGURES=figures (default with RESULTS=dir: dir/figures), and config overrides"
 	@echo "           as key=value (lr=0.05 reg.proj_dim=30) or ARGS='key=value ...'"
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
 	@echo "make bench         regulariser op counts, CPU timings, engine CPU throughput (BENCHMARKS.md)"
@@ -67,25 +70,25 @@ NPROC    ?= 1
 SLURM    ?=
 LAUNCHER ?= local
 RESULTS  ?= results
-FIGURES  ?= figures
+FIGURES  ?=
 ARGS     ?=
 # COLUMNS=Cora on the make command line only: shells and terminals export COLUMNS as the terminal width.
 TABLE_COLUMNS = $(if $(filter command line,$(origin COLUMNS)),$(COLUMNS))
 # Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
-OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS
+OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS
 SPACE     := $(subst ,, )
 CMDLINE   := $(subst $$$$,$$,$(subst \$(SPACE),^,$(MAKEOVERRIDES)))  # make escapes a space as "\ ", a $ as $$
 Q         := '
 # Each override is one single-quoted shell word; a ' inside it is written '\'' so that no value can end the quoting.
 OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(a)))),,'$(subst $(Q),$(Q)\$(Q)$(Q),$(subst ^,$(SPACE),$(a)))'))
 RUN_FLAGS  = --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)) --nproc $(NPROC) --launcher $(LAUNCHER) \
-             --results $(RESULTS) --figures $(FIGURES) \
+             --results $(RESULTS) $(if $(FIGURES),--figures $(FIGURES)) $(if $(RUNNING),--running) \
              $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \
              $(if $(SLURM),--slurm $(SLURM)) $(if $(TABLE_COLUMNS),--columns '$(TABLE_COLUMNS)')
 EXPERIMENTS := table1 table2 table3 table4 table5 table6 table7 table8 table9 table11 fig1 fig2 fig3
 
-.PHONY: $(EXPERIMENTS) tables figures report smoke demo
+.PHONY: $(EXPERIMENTS) tables figures report smoke demo readme
 
 $(EXPERIMENTS): $(STAMP)
 	$(PYTHON) -m comhe.run $@ $(RUN_FLAGS)
@@ -96,6 +99,7 @@ tables: $(STAMP)
 figures: $(STAMP)
 	$(PYTHON) -m comhe.run figures $(RUN_FLAGS)
 
+# Every table and figure from the run records, and results/SCORECARD.md (+ figures/scorecard.png): every claim.
 report: $(STAMP)
 	$(PYTHON) -m comhe.run all $(RUN_FLAGS) --collect-only
 
@@ -109,3 +113,25 @@ smoke: $(STAMP)
 demo: JOBS = 2
 demo: $(STAMP)
 	$(PYTHON) -m comhe.run demo $(RUN_FLAGS)
+
+# The README's demo table and figures, from the code at HEAD: trained afresh whenever comhe/ or experiments/ changed
+# since the last time (runs in results/readme/runs, ignored), then copied to docs/readme/ (tracked) with the commit
+# they were made from in every file. Refuses a working tree with uncommitted changes: the stamp must be a commit.
+README_DIR  := docs/readme
+README_RUNS := results/readme
+readme: JOBS = 2
+readme: $(STAMP)
+	@git diff --quiet HEAD -- . ':!$(README_DIR)' || { echo "error: commit first: the README's numbers are stamped \
+	with a commit (git status)" >&2; exit 2; }
+	@code=$$(git log -1 --format=%H -- comhe experiments); \
+	test "$$(cat $(README_RUNS)/.code-commit 2>/dev/null)" = "$$code" || { rm -rf $(README_RUNS); \
+	mkdir -p $(README_RUNS); echo $$code > $(README_RUNS)/.code-commit; }
+	$(PYTHON) -m comhe.run demo --profile $(PROFILE) --jobs $(JOBS) --results $(README_RUNS) $(OVERRIDES)
+	mkdir -p $(README_DIR)
+	cp $(README_RUNS)/demo.md $(README_DIR)/demo.md
+	cp $(README_RUNS)/figures/demo.png $(README_RUNS)/figures/demo-bars.png $(README_DIR)/
+
+# A mistyped target (make tabel1) gets one line with the valid ones instead of make's bare "No rule to make target".
+.DEFAULT:
+	$(error unknown target '$@'; valid: $(EXPERIMENTS) tables figures report smoke demo readme test test-slow bench \
+	bench-gpu help clean; options are NAME=value (make help))

@@ -2,7 +2,7 @@
 (tkipf/gcn's recipe: at most 200 full-batch epochs, early stopping) at 1 thread, and the input dropout the model uses
 (sparse, on the stored values) against dense dropout of the same features followed by the same product.
 
-    python -m comhe.bench.gcn [--data-root ../shared/data] [--runs 3] [--self-test]
+    python -m comhe.bench.gcn [--data-root <folder holding planetoid/>] [--runs 3] [--self-test]
 
 The graph is real Cora when ``<data root>/planetoid/ind.cora.*`` is there (never downloaded here), else a synthetic
 graph of Cora's sizes (2,708 nodes, 1,433 features, 7 classes, the public split), said so in the output.

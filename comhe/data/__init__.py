@@ -21,6 +21,6 @@ from __future__ import annotations
 from . import cifar, fashion_mnist, imagenet  # noqa: F401  (each registers its datasets)
 from . import planetoid, synthetic_planetoid  # noqa: F401  (graphs for node classification)
 from .bundle import (DATASETS, DataBundle, DatasetUnavailable, build, data_root, declared_num_classes,  # noqa: F401
-                     offline, option_defaults, takes_workers, tensor_bundle)
+                     locate, offline, option_defaults, removed_if_failed, takes_workers, tensor_bundle)
 from .bundle import NODE_DATASETS, probe, task  # noqa: F401
 from .planetoid import GraphBundle  # noqa: F401

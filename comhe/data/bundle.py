@@ -18,14 +18,20 @@ name                   kind    source
 ``DataLoader``. Both kinds give ``train_loader(batch_size, seed, rank=0, world_size=1, augment=True)`` and
 ``test_loader(batch_size, rank=0, world_size=1)`` yielding ``(x float32 [B, C, H, W], y int64 [B])``. Any failure
 to find or verify data raises ``DatasetUnavailable`` with a one-line message saying which file to put where.
+
+Nothing is written where the user did not ask (``locate``): a dataset that is there is read in place; one that is
+downloaded or written on use (synthetic) goes into the data root, which is created only when its parent exists (a
+mistyped ``data_root=/nonexistent/sub/typo`` is an error that creates nothing); real data that cannot be had is an
+error before anything is created, and a failed download removes the empty folders it made (``removed_if_failed``).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -34,6 +40,10 @@ from ..registry import Registry
 from .streams import TensorLoader, eval_batches
 
 DATASETS = Registry("dataset")
+# name -> locate(root: Path, download: bool, **options): None (present, read in place), WRITE (downloaded or written
+# into root on use), or the one-line message saying what is missing and where to put it. Reads only.
+LOCATORS = Registry("dataset locator")
+WRITE = "write"
 
 
 class DatasetUnavailable(RuntimeError):
@@ -78,13 +88,14 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist"
 NODE_DATASETS: set = set()
 
 
-# dataset name -> probe(root, **options) -> why it cannot be used now (missing or damaged files), or None; cheap,
-# never downloads. Datasets without a probe are not checked (``probe`` returns None).
+# dataset name -> probe(root, **options) -> why its files are not usable on disk now (missing or damaged), or None;
+# cheap, never downloads: the reason a ``COLUMNS=`` table gives for a column it did not run. (``LOCATORS`` answer
+# another question: can the dataset be had at all, downloads included.)
 PROBES: Dict[str, Callable[..., Optional[str]]] = {}
 
 
 def probe(name: str, root=None, **options) -> Optional[str]:
-    """Why dataset ``name`` is unavailable (one line), or None when it is there or has no probe."""
+    """Why dataset ``name`` is unavailable on disk now (one line), or None when it is there or has no probe."""
     fn = PROBES.get(name)
     return fn(data_root(root), **options) if fn else None
 
@@ -103,9 +114,55 @@ def data_root(root=None) -> Path:
     return Path(root if root is not None else os.environ.get("COMHE_DATA", "./data")).expanduser()
 
 
+def locate(name: str, root=None, download: bool = True, **options) -> Tuple[Optional[str], bool]:
+    """``(problem, writes)``: why dataset ``name`` cannot be had (one line; None when it can) and whether using it
+    writes into the data root (a download, a synthetic dataset). Creates, downloads and writes nothing (``DRY=1``,
+    the runner's preflight). A dataset without a locator is taken as written on use."""
+    path = data_root(root)
+    found = LOCATORS.get(name)(path, download and not offline(), **options) if name in LOCATORS else WRITE
+    if found is None:
+        return None, False
+    if found != WRITE:
+        return found, False
+    if path.is_dir():
+        return None, True
+    if path.exists():
+        return f"data root {path} exists and is not a directory", True
+    if not path.parent.is_dir():
+        return (f"data root {path} does not exist, nor does {path.parent}: nothing was created; fix data_root= / "
+                f"$COMHE_DATA, or create it (mkdir -p {path})"), True
+    return None, True
+
+
+@contextlib.contextmanager
+def removed_if_failed(path: Path, files: Iterable[Path] = ()):
+    """Folders of ``path``'s chain that do not exist yet, and ``files``, are removed again if the body fails (folders
+    only while empty): a failed download or write leaves nothing behind."""
+    path = Path(path)
+    new = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        new.append(probe)
+        probe = probe.parent
+    try:
+        yield
+    except BaseException:
+        if new:
+            for f in files:
+                Path(f).unlink(missing_ok=True)
+            for folder in new:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+
+
 def build(name: str, root=None, device="cpu", download: bool = True, **options) -> DataBundle:
     """Load dataset ``name`` (see the module table); ``options`` go to its builder (e.g. ``image_size``)."""
-    return DATASETS.get(name)(data_root(root), torch.device(device), download, **options)
+    problem, _ = locate(name, root, download, **options)
+    if problem:
+        raise DatasetUnavailable(problem)
+    with removed_if_failed(data_root(root)):
+        return DATASETS.get(name)(data_root(root), torch.device(device), download, **options)
 
 
 def tensor_bundle(name: str, train: tuple, test: tuple, num_classes: int, device: torch.device,

@@ -13,7 +13,7 @@ import torch
 
 from . import synthetic
 from .archives import extract_tar
-from .bundle import DATASETS, DataBundle, DatasetUnavailable, offline, tensor_bundle
+from .bundle import DATASETS, LOCATORS, WRITE, DataBundle, DatasetUnavailable, offline, tensor_bundle
 
 
 def _corrupt_cifar_files(cls, root: Path) -> List[str]:
@@ -47,6 +47,29 @@ def _ensure_cifar(cls, root: Path, download: bool) -> None:
     bad = _corrupt_cifar_files(cls, root)
     if bad:
         raise DatasetUnavailable(f"{', '.join(bad)} in {root / cls.base_folder} failed the md5 check: {hint}")
+
+
+def _locate_cifar(cls, root: Path, download: bool):
+    """Present (checked in full when loaded), downloaded on use, or the message of ``_ensure_cifar``."""
+    if (root / cls.base_folder).is_dir() or (root / cls.filename).is_file():
+        return None
+    if download:
+        return WRITE
+    return (f"{cls.base_folder} missing or incomplete in {root} and downloads are off (download=False or "
+            f"COMHE_OFFLINE is set): put {cls.filename} (md5 {cls.tgz_md5}) in {root}, or the extracted "
+            f"{cls.base_folder}/ folder")
+
+
+@LOCATORS.register("cifar10")
+def _locate_cifar10(root: Path, download: bool):
+    from torchvision.datasets import CIFAR10
+    return _locate_cifar(CIFAR10, root, download)
+
+
+@LOCATORS.register("cifar100")
+def _locate_cifar100(root: Path, download: bool):
+    from torchvision.datasets import CIFAR100
+    return _locate_cifar(CIFAR100, root, download)
 
 
 def _load_cifar(name: str, cls, root: Path, device: torch.device, num_classes: int) -> DataBundle:

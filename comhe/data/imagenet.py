@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from . import synthetic
-from .bundle import DATASETS, DataBundle, DatasetUnavailable
+from .bundle import DATASETS, LOCATORS, DataBundle, DatasetUnavailable
 from .streams import LoaderStream
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -70,6 +70,16 @@ def _imagenet(root: Path, device: torch.device, download: bool, image_size: int 
               workers: int = 8) -> DataBundle:
     # ``download`` cannot apply: ImageNet is only distributed after registration at image-net.org.
     return _imagenet_bundle("imagenet", root / "imagenet", device, image_size, workers)
+
+
+@LOCATORS.register("imagenet")
+def _locate_imagenet(root: Path, download: bool, **options):
+    top = root / "imagenet"
+    missing = [str(top / split) for split in ("train", "val") if not (top / split).is_dir()]
+    if not missing:
+        return None
+    return (f"{missing[0]} not found: ImageNet-2012 cannot be downloaded automatically; put the class "
+            f"folders at {top}/{{train,val}}/<class>/*.JPEG (from image-net.org, after registration)")
 
 
 @DATASETS.register("synthetic_imagenet")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .bundle import DATASETS, NODE_DATASETS, PROBES, DatasetUnavailable, offline
+from .bundle import DATASETS, LOCATORS, NODE_DATASETS, PROBES, WRITE, DatasetUnavailable, offline
 from .pickles import CSRMatrix, UnsafePickle, safe_loads
 
 PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
@@ -281,6 +281,21 @@ def _register(name: str) -> None:
     build.__doc__ = f"Planetoid {name} from {{root}}/planetoid/ind.{name}.* (downloaded and checked on first use)."
     NODE_DATASETS.add(name)
     PROBES[name] = lambda root: probe_files(root / "planetoid", name)
+
+    @LOCATORS.register(name)
+    def locate(root: Path, download: bool):
+        """Present and intact: read in place (None); missing: downloaded on use (``WRITE``), or, with downloads off,
+        the one line ``ensure_files`` gives (which file, why it is not fetched, where to put it)."""
+        why = probe_files(root / "planetoid", name)
+        if why is None or not why.startswith("data missing"):
+            return why
+        if download:
+            return WRITE
+        try:  # raises before any network access: download=False, or COMHE_OFFLINE set (then "downloads are off")
+            ensure_files(root / "planetoid", name, download=offline())
+        except DatasetUnavailable as err:
+            return str(err)
+        return None
 
 
 def probe_files(folder: Path, name: str) -> Optional[str]:

@@ -9,8 +9,11 @@ module              what
 ``experiments.py``  an experiment file -> the runs that fill its cells (rows x columns x seeds)
 ``runner.py``       plan, train what is missing (waiting for runs other processes hold), render
 ``launchers.py``    how a run is executed: in process, worker processes, torchrun, submitit / SLURM
+``overrides.py``    command-line overrides against a table's layout: refused, or printed as protocol changes
+``progress.py``     live progress of the runs (bars, log lines), the table's ETA, partial runs for DRY=1
 ``report.py``       tables (csv, md, tex) from the run records
 ``claims.py``       the paper's claims, checked across seeds (exact permutation test)
+``scorecard.py``    every claim of every table and figure on one page (``make report``)
 ``figures.py``      the papers' figures and a dot plot per table
 ``cli.py``          ``python -m comhe.run table1 ...`` (``make table1``)
 ==================  ==============================================================================

@@ -17,8 +17,9 @@ Test, per comparison "A better than B" of two cells (A < B for error, A > B for 
 permutation test of the difference of means over the seeds (all C(nA + nB, nA) relabellings of the pooled runs;
 p = the share whose mean(A) - mean(B) is at most the observed one; values negated for accuracy), at ALPHA = 0.05.
 It assumes nothing about the distribution; its price is that small samples cannot reach 0.05: with 3 seeds a side
-the smallest p is 1/20, reached only when every run of A beats every run of B, and with 2 seeds a side it is 1/6. A comparison whose smallest reachable p is above ALPHA is "too few runs" (as is one
-with a missing side; diverged runs are excluded, as from the means).
+the smallest p is 1/20, reached only when every run of A beats every run of B, and with 2 seeds a side it is 1/6.
+A comparison whose smallest reachable p is above ALPHA is "too few runs" (as is one with a missing side; diverged
+runs are excluded, as from the means). ``test_sentence`` says this for the seed count of a table.
 
 Verdict of a claim: "not held" if any comparison with enough runs has p > ALPHA; else "too few runs" if any has
 too few; else "held".
@@ -32,8 +33,18 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 ALPHA = 0.05
 HELD, NOT_HELD, TOO_FEW = "held", "not held", "too few runs"
-TEST_NAME = (f"exact one-sided permutation test of the difference of means over seeds, alpha = {ALPHA} "
-             "(with 3 seeds a side: every run of A beats every run of B)")
+TEST_NAME = f"exact one-sided permutation test of the difference of means over seeds, alpha = {ALPHA}"
+
+
+def test_sentence(seeds: int) -> str:
+    """The test and what ``seeds`` runs a side can show with it, as one sentence (table headers, scorecard)."""
+    if seeds < 3:
+        reach = ("1 seed a side cannot be tested" if seeds == 1 else
+                 f"with 2 seeds a side the smallest reachable p is 1/6 > {ALPHA}")
+        return f"{TEST_NAME}; {reach}, so every claim is \"too few runs\" (3 seeds a side are needed)."
+    if seeds == 3:
+        return f"{TEST_NAME}; with 3 seeds a side, \"held\" needs every run of A to beat every run of B (p = 1/20)."
+    return f"{TEST_NAME}; with {seeds} seeds a side the smallest reachable p is 1/{math.comb(2 * seeds, seeds)}."
 
 
 def permutation_p(a: Sequence[float], b: Sequence[float]) -> float:

@@ -6,11 +6,15 @@
     python -m comhe.run all --profile quick --jobs 4 lr=0.05 reg.proj_dim=30
     python -m comhe.run table5 --launcher slurm --slurm slurm_partition=gpu timeout_min=600
     python -m comhe.run table6 --nproc 8                # each run on 8 GPUs (torchrun, DDP)
+    python -m comhe.run table1 --collect-only --running  # the table now, runs still training marked
+    python -m comhe.run my.yaml --profile smoke         # your own experiment (docs/reference.md §7)
 
 Targets: table1 ... table11, fig1 ... fig3, demo, ``all`` (every table and figure), ``tables``, ``figures``, or a path
 to an experiment YAML. ``key=value`` arguments override config keys in every cell (``reg.*`` only where the
 regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<results>/<target>.{csv,md,tex}``,
-``<figures>/<target>.{png,pdf}``. A run another process is training is waited for (``runner.py``). Exit codes:
+``<figures>/<target>.{png,pdf}`` (``<figures>`` defaults to ``figures``, or ``<results>/figures`` with ``--results``),
+and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress and the table's ETA are shown
+(``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
 waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
 ``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.
@@ -18,6 +22,7 @@ waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -35,10 +40,19 @@ def _options(pairs: List[str]) -> dict:
     return out
 
 
+def _bad_choice(what: str, value: str, valid, make_name: str) -> Optional[str]:
+    """One line for a value outside ``valid`` (argparse's ``choices`` would print the whole usage)."""
+    if value in valid:
+        return None
+    close = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown {what} {value!r}{hint}; valid: {', '.join(valid)} ({make_name}=... / --{what} ...)"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comhe.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("args", nargs="+", metavar="TARGET|key=value")
-    parser.add_argument("--profile", default="paper", choices=experiments.PROFILES)
+    parser.add_argument("--profile", default="paper", help=f"one of {', '.join(experiments.PROFILES)}")
     parser.add_argument("--seeds", default=None, help="a count (3: seeds 0,1,2) or a list (0,4,5)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="parallel local workers (or SLURM array parallelism); default: 1 on the CPU, on CUDA the "
@@ -49,18 +63,32 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "table shows the others as not run, with the reason")
     parser.add_argument("--dry-run", action="store_true", help="list the runs with their status; train nothing")
     parser.add_argument("--collect-only", action="store_true", help="write tables and figures; train nothing")
-    parser.add_argument("--launcher", default="local", choices=runner.LAUNCHERS.names())
+    parser.add_argument("--launcher", default="local", help=f"one of {', '.join(runner.LAUNCHERS.names())}")
     parser.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",
                         help="submitit parameters, e.g. slurm_partition=gpu timeout_min=600 gpus_per_node=1")
     parser.add_argument("--results", default="results", help="tables go here, run records under <results>/runs")
-    parser.add_argument("--figures", default="figures")
+    parser.add_argument("--figures", default=None,
+                        help="default: figures/, or <results>/figures when --results is given")
     parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--running", action="store_true",
+                        help="tables and figures also count runs still training, at their latest evaluation (marked)")
     args = parser.parse_intermixed_args(argv)
     names = [a for a in args.args if "=" not in a]
     overrides = [a for a in args.args if "=" in a]
     if not names:
         parser.error("name at least one target (table1 ... table9, fig1, fig2, demo, all)")
+    bad = _bad_choice("profile", args.profile, experiments.PROFILES, "PROFILE") or \
+        _bad_choice("launcher", args.launcher, runner.LAUNCHERS.names(), "LAUNCHER")
+    if bad is None and args.jobs is not None and args.jobs < 1:
+        bad = f"JOBS (--jobs) must be >= 1, got {args.jobs}"
+    if bad is None and args.nproc < 1:
+        bad = f"NPROC (--nproc) must be >= 1, got {args.nproc}"
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     results = Path(args.results)
+    if args.figures is None:  # RESULTS=dir alone moves everything, figures included, out of the checkout
+        args.figures = "figures" if args.results == "results" else str(results / "figures")
     runs_root = results / "runs"
     try:
         columns = [c for c in args.columns.split(",") if c.strip()]
@@ -79,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"with --results / --figures (make RESULTS=... FIGURES=...)", file=sys.stderr)
             return 2
     if args.dry_run:
-        runner.dry_run(plan, runs_root)
+        runner.dry_run(plan, runs_root, out=sys.stdout, jobs=args.jobs or 1)
         return 0
     counts = {}
     if not args.collect_only:
@@ -105,9 +133,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: {err}{hint}", file=sys.stderr)
             return 2
         except Preempted as err:
-            print(f"{err}; rerun the same command to resume", file=sys.stderr)
+            print(f"{err}" if "resume" in str(err) else f"{err}; rerun the same command to resume", file=sys.stderr)
             return 143
-    runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures))
+    runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running)
     if counts.get("no data"):
         return 2
     return 1 if counts.get("failed") or counts.get("locked") or counts.get("preempted") else 0

@@ -29,6 +29,7 @@ import yaml
 
 from ..train import config as config_lib
 from ..train.records import run_name
+from . import overrides as overrides_lib
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 PROFILES = ("paper", "quick", "smoke")
@@ -108,6 +109,8 @@ class Experiment:
     select: Optional[Dict[str, Any]] = None     # a sweep: {metric: ...}, per row the column with the best mean
     selected_by: Optional[str] = None           # the sweep (experiment name) this table's settings come from
     not_run: Dict[str, str] = field(default_factory=dict)   # column -> why it is not planned (``restrict``)
+    overrides: List[str] = field(default_factory=list)   # set by plan: the overrides that change the protocol
+    seeds_given: bool = False                            # the seeds came from the command line, not the file
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -220,7 +223,7 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
         seeds=parse_seeds(seeds if seeds not in (None, "") else spec.get("seeds", raw.get("seeds", 3))),
         references=references, claims=raw.get("claims") or [], figures=raw.get("figures") or [{"kind": "bars"}],
         notes=raw.get("notes") or [], profile=profile, profile_spec=spec, keep_weights=spec.get("keep_weights", True),
-        select=raw.get("select"), selected_by=raw.get("selected_by"))
+        select=raw.get("select"), selected_by=raw.get("selected_by"), seeds_given=seeds not in (None, ""))
     _check(exp)
     return exp
 
@@ -350,8 +353,13 @@ def plan(exp: Experiment, overrides: Sequence[str] = ()) -> List[CellRun]:
     ``exp.not_run`` (``restrict``) are left out."""
     cells: List[Tuple[Row, Column]] = [(r, c) for r in exp.rows for c in exp.columns
                                        if exp.layout_text(r, c) is None and c.name not in exp.not_run]
+    for text in overrides:  # a key the rows or columns set would be mislabelled (suite/overrides.py)
+        refusal = overrides_lib.layout_conflict(exp, text)
+        if refusal:
+            raise config_lib.ConfigError(refusal)
     _data_status(exp, overrides)
-    raw = apply_overrides([cell_config(exp, r, c) for r, c in cells], overrides)
+    before = [cell_config(exp, r, c) for r, c in cells]
+    raw = apply_overrides(before, overrides)
     out = []
     for (row, column), cfg in zip(cells, raw):
         for seed in exp.seeds:
@@ -361,4 +369,5 @@ def plan(exp: Experiment, overrides: Sequence[str] = ()) -> List[CellRun]:
                 raise config_lib.ConfigError(f"{exp.path.name}, row {row.name}, column {column.name}: {err}") from None
             out.append(CellRun(exp.name, row.name, column.name, seed, resolved, run_name(resolved)))
     config_lib.forget_checked_models()
+    exp.overrides = overrides_lib.protocol_changes(before, raw, overrides)
     return out

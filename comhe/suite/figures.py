@@ -4,7 +4,8 @@ An experiment lists its figures (``figures: [{kind: ...}]``; a table gets ``bars
 
 * ``bars``     every cell of a table: our mean ± std over seeds per method (dodged points with error bars), the
                reference value as a hollow black marker (a second source as a cross). Points, not bars: the
-               differences are 1-2 % of error.
+               differences are 1-2 % of error. The x axis is the table's columns (``xlabel``, default: the part of
+               the title that names them).
 * ``dynamics`` the CoMHE training-dynamics figure: per method, the mean over seeds of the hidden-layer energy
                (``hidden_energy``) and the test error against the iteration, with a ±std band; reference end values
                (docs/reference.md §4 read-offs) as hollow markers at our last iteration.
@@ -13,10 +14,15 @@ An experiment lists its figures (``figures: [{kind: ...}]``; a table gets ``bars
 * ``selection`` a sweep that chooses a setting (``select:``): one panel per metric (validation, test) against
                ``x``, ±std bands over seeds, ``flat`` rows as lines, and each row's choice (best mean of the
                ``select`` metric) starred in every panel.
+
+Every figure carries a footer (``stamp``): the profile, the seeds, the commit(s) of the runs, the protocol
+overrides (``lr=0.05``: "not the paper protocol") and the command that regenerates it. Bands and error bars are
+± one sample std over the finished seeds; the legend gives n.
 """
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import List, Sequence
 
@@ -33,32 +39,61 @@ from ..registry import Registry  # noqa: E402
 from .report import _num  # noqa: E402
 
 FIGURES = Registry("figure kind")
-# One colour per method everywhere (the baseline grey, MHE blues, CoMHE warm colours).
-_PALETTE = sns.color_palette("colorblind", 10)
-METHOD_COLOURS = {"Baseline": (0.45, 0.45, 0.45), "Orthogonal": _PALETTE[7], "Orthonormal": _PALETTE[5],
-                  "SRIP": _PALETTE[4], "MHE": _PALETTE[0], "HS-MHE": _PALETTE[9], "RP-CoMHE": _PALETTE[3],
-                  "AP-CoMHE": _PALETTE[1], "Adv-CoMHE": _PALETTE[2], "G-CoMHE": _PALETTE[6],
-                  "MHE(O)": _PALETTE[8], "MHE(H)": _PALETTE[0], "HS-MHE(H)": _PALETTE[9], "GCN": (0.45, 0.45, 0.45)}
+# One colour per method everywhere: the baseline near-black, MHE blue, HS-MHE green, RP-CoMHE vermillion, AP-CoMHE
+# purple, the orthogonality baselines brown / pink / yellow. Methods that share a colour never appear in the same
+# experiment (tests/suite/test_report_views.py checks every shipped one).
+_CB = sns.color_palette("colorblind", 10)
+METHOD_COLOURS = {"Baseline": (0.15, 0.15, 0.15), "Original": (0.15, 0.15, 0.15), "GCN baseline": (0.15, 0.15, 0.15),
+                  "GCN": (0.15, 0.15, 0.15),
+                  "Orthogonal": _CB[5], "Orthonormal": _CB[6], "SRIP": _CB[8],
+                  "MHE": _CB[0], "HS-MHE": _CB[2], "A-MHE": _CB[9], "HS-A-MHE": _CB[8],
+                  "RP-CoMHE": _CB[3], "AP-CoMHE": _CB[4], "Adv-CoMHE": _CB[8], "G-CoMHE": _CB[9],
+                  "MHE(O)": _CB[4], "MHE(H)": _CB[0], "HS-MHE(H)": _CB[2]}
+# Other names (k=10, C=5, ...) by position, from a palette whose neighbours are far apart.
+_OTHERS = [_CB[i] for i in (0, 3, 2, 4, 8, 5, 9, 6, 1, 7)]
 LABELS = {"hidden_energy": "hyperspherical energy (hidden layers)", "test_error": "testing error (%)"}
 
 
-def axis_label(metric: str) -> str:
-    """The metric's label and which way is better, for the value axis."""
-    return f"{METRICS[metric].label} ({'higher' if METRICS[metric].higher_is_better else 'lower'} is better)"
+def axis_label(metric: str, width: int = 0) -> str:
+    """The metric's label and which way is better, for the value axis (wrapped at ``width`` characters)."""
+    text = f"{METRICS[metric].label} ({'higher' if METRICS[metric].higher_is_better else 'lower'} is better)"
+    return "\n".join(textwrap.wrap(text, width)) if width else text
+
+
+def _shas(df: pd.DataFrame) -> str:
+    shas = sorted({str(s)[:12] + ("-dirty" if str(s).endswith("-dirty") else "")
+                   for s in df.get("git_sha", pd.Series(dtype=object)).dropna()}) if len(df) else []
+    return ", ".join(shas) or "no runs yet"
+
+
+def stamp(fig, exp: Experiment, df: pd.DataFrame) -> None:
+    """The footer every figure carries: profile, seeds, code, overrides and the command that made it."""
+    from .report import command
+    protocol = ("overrides " + " ".join(exp.overrides) + ": NOT the paper protocol") if exp.overrides else \
+        ("paper protocol" if exp.profile == "paper" else f"profile {exp.profile}: not the paper protocol")
+    live = int(((df["status"] == "partial") & df["latest_iteration"].notna()).sum()) \
+        if len(df) and "latest_iteration" in df else 0
+    running = f" · includes {live} run(s) still training, at their latest evaluation" if live else ""
+    text = (f"profile {exp.profile} · seeds {','.join(map(str, exp.seeds))} · {protocol} · code {_shas(df)}"
+            f"{running}\n{command(exp)}")
+    fig.text(0.01, -0.01, text, ha="left", va="top", fontsize=6.5, color="0.3", family="monospace",
+             wrap=False)
 
 
 def colour(name: str, index: int):
     """The method's fixed colour; other names (A-MHE, k=10, ...) take tab10 colours by position."""
-    return METHOD_COLOURS.get(name) or sns.color_palette("tab10", 10)[index % 10]
+    return METHOD_COLOURS.get(name) or _OTHERS[index % len(_OTHERS)]
 
 
 def _style() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
 
 
-def _save(fig, out: Path) -> List[Path]:
+def _save(fig, out: Path, exp: Experiment = None, df: pd.DataFrame = None) -> List[Path]:
     """PNG and PDF, each rendered in memory and written atomically (a concurrent reader never sees half a file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    if exp is not None:
+        stamp(fig, exp, df if df is not None else pd.DataFrame())
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for path, options in zip(paths, ({"dpi": 150}, {})):
         buf = io.BytesIO()
@@ -72,14 +107,20 @@ def _trained_rows(exp: Experiment, df: pd.DataFrame) -> List[str]:
     return [r.name for r in exp.rows if r.config is not None]
 
 
+def _default_xlabel(exp: Experiment) -> str:
+    """What the columns are, from the title: "Table 1: plain CNN depth, CIFAR-100" -> "plain CNN depth"."""
+    return exp.title.split(":", 1)[-1].split(",")[0].strip()
+
+
 @FIGURES.register("bars")
-def bars(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path, out: Path, **spec):
+def bars(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path, out: Path,
+         xlabel: str = None, **spec):
     from .report import cell_stats
     stats = cell_stats(exp, df)
     rows = _trained_rows(exp, df)
     metrics = list(dict.fromkeys(c.metric for c in exp.columns))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.5, 1.1 * len(exp.columns) * len(metrics) + 2.5), 3.6),
-                             squeeze=False)
+    width_in = max(4.5, 1.1 * len(exp.columns) + 2.5 * len(metrics))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width_in, 3.8), squeeze=False, layout="constrained")
     width = 0.8 / max(len(rows), 1)
     for ax, metric in zip(axes[0], metrics):
         columns = [c for c in exp.columns if c.metric == metric]
@@ -88,17 +129,21 @@ def bars(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root:
             st = [stats[(row, c.name)] for c in columns]
             ys = [s.mean if s.n else float("nan") for s in st]
             es = [s.std if s.n > 1 else 0.0 for s in st]
-            ax.errorbar(xs, ys, yerr=es, fmt="o", color=colour(row, j), label=row, capsize=2, ms=4)
+            ns = sorted({stats[(row, c.name)].n for c in exp.columns if stats[(row, c.name)].n})  # every panel's
+            n = "n=" + "/".join(map(str, ns)) if ns else "no runs"
+            ax.errorbar(xs, ys, yerr=es, fmt="o", color=colour(row, j), label=f"{row} ({n})", capsize=2, ms=4)
             for k, ref in enumerate(exp.references[:2]):  # the second source (table 6: the MHE paper) as crosses
                 values = [_num(ref.get(row, c.name)) for c in columns]
                 style = {"facecolors": "none", "edgecolors": "black"} if k == 0 else {"color": "black"}
                 ax.scatter(xs, [float("nan") if v is None else v for v in values], marker="ox"[k], s=30,
                            linewidths=0.8, zorder=3, label=ref.label if j == 0 else None, **style)
         ax.set_xticks(range(len(columns)), [c.name for c in columns])
-        ax.set_ylabel(axis_label(metric))
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        ax.set_xlabel(xlabel or _default_xlabel(exp))
+        ax.set_ylabel(axis_label(metric, width=34))
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                       title="mean ± std over seeds", title_fontsize=7)
     fig.suptitle(exp.title, fontsize=10)
-    return _save(fig, out)
+    return _save(fig, out, exp, df)
 
 
 def _curves(cells: Sequence[CellRun], runs_root: Path, column: str) -> pd.DataFrame:
@@ -114,9 +159,11 @@ def _curves(cells: Sequence[CellRun], runs_root: Path, column: str) -> pd.DataFr
 
 
 def _band(ax, data: pd.DataFrame, x: str, y: str, label: str, c, **line) -> None:
+    """Mean over seeds with a ± one sample std band; the label gives n (the seeds at the last x)."""
     grouped = data.groupby(x)[y]
     mean, std = grouped.mean(), grouped.std().fillna(0.0)
-    ax.plot(mean.index, mean.values, color=c, label=label, **line)
+    n = int(grouped.count().iloc[-1]) if len(mean) else 0
+    ax.plot(mean.index, mean.values, color=c, label=f"{label} (n={n})", **line)
     ax.fill_between(mean.index, mean - std, mean + std, color=c, alpha=0.2, linewidth=0)
 
 
@@ -143,12 +190,13 @@ def dynamics(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_r
         ax.set_xlabel("iteration")
         ax.set_ylabel(LABELS[y])
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
-    axes[1].legend(fontsize=8, frameon=False)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=8, frameon=False, title="mean, band ± std over seeds", title_fontsize=7)
     if energy_refs:
         axes[0].set_title("hollow markers: paper end values (read-off)", fontsize=8)
     fig.suptitle(exp.title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, out)
+    return _save(fig, out, exp, df)
 
 
 @FIGURES.register("sweep")
@@ -162,8 +210,9 @@ def sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root
         mine = done[done["row"] == row] if len(done) else done
         c = colour(row, j)
         if row in flat and len(mine):  # the same run in every column: one value, drawn across the axis
-            mean, std = mine[metric].mean(), mine.drop_duplicates("run")[metric].std()
-            ax.axhline(mean, color=c, linestyle="--", label=row)
+            once = mine.drop_duplicates("run")[metric]
+            mean, std = once.mean(), once.std()
+            ax.axhline(mean, color=c, linestyle="--", label=f"{row} (n={len(once)})")
             if std == std:
                 ax.axhspan(mean - std, mean + std, color=c, alpha=0.15, linewidth=0)
         elif len(mine):
@@ -177,11 +226,11 @@ def sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root
             "(read-off)" if exp.references else "reference")
     ax.set_xscale(xscale)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(axis_label(metric))
-    ax.legend(fontsize=8, frameon=False)
+    ax.set_ylabel(axis_label(metric, width=40))
+    ax.legend(fontsize=8, frameon=False, title="mean, band ± std over seeds", title_fontsize=7)
     fig.suptitle(exp.title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, out)
+    return _save(fig, out, exp, df)
 
 
 @FIGURES.register("selection")
@@ -189,10 +238,11 @@ def selection_sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun],
                     metrics: Sequence[str] = (), flat: Sequence[str] = (), xlabel: str = "x", xscale: str = "log",
                     **spec):
     from .selection import choose
-    metrics = list(metrics) or [exp.select["metric"], exp.columns[0].metric]
+    select = (exp.select or {}).get("metric")  # without ``select:`` nothing is chosen (no stars)
+    metrics = list(metrics) or list(dict.fromkeys(filter(None, [select, exp.columns[0].metric])))
     xs = {c.name: c.x for c in exp.columns}
     done = df[df["status"] == "done"].assign(x=lambda d: d["column"].map(xs)) if len(df) else df
-    chosen = choose(exp, df) if len(done) else {}
+    chosen = choose(exp, df) if len(done) and select else {}
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False, sharex=True)
     for ax, metric in zip(axes[0], metrics):
         for j, row in enumerate(_trained_rows(exp, df)):
@@ -213,13 +263,14 @@ def selection_sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun],
                            linewidths=0.6, zorder=4)
         ax.set_xscale(xscale)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(axis_label(metric))
-    axes[0][0].scatter([], [], marker="*", s=100, color="white", edgecolors="black", label=
-                       f"chosen: best mean {METRICS[exp.select['metric']].label}")
-    axes[0][0].legend(fontsize=7, frameon=False)
+        ax.set_ylabel(axis_label(metric, width=40))
+    if select:
+        axes[0][0].scatter([], [], marker="*", s=100, color="white", edgecolors="black",
+                           label=f"chosen: best mean {METRICS[select].label}")
+    axes[0][0].legend(fontsize=7, frameon=False, title="mean, band ± std over seeds", title_fontsize=7)
     fig.suptitle(exp.title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, out)
+    return _save(fig, out, exp, df)
 
 
 def render(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path,

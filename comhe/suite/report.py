@@ -7,22 +7,31 @@ Cell text: ``ours mean ± std (n) | paper | Δ`` with the sample std (ddof 1) ov
 of finished runs, Δ = ours − reference. ``—``: no finished run yet. ``N/C``: every run diverged (the paper's "not
 converged"); diverged runs are left out of means and std and counted as ``k N/C``. ``N/A`` and blank cells are the
 paper's own (e.g. half-space MHE on the output layer only).
+
+A table wider than ``WIDE_COLUMNS`` Markdown columns (MHE Table 2: 5 widths x ours / paper / Δ) is written with one
+Markdown column per paper column, each cell ``ours`` over ``paper value (Δ)``. Overrides that change the protocol
+(``lr=0.05``, ``experiments.Experiment.overrides``) are printed in the header of every table.
+
+``running=True`` (``python -m comhe.run table1 --running``, ``make table1 RUNNING=1``) also counts the runs still
+training, at their latest evaluation (``metrics.csv``), marked ``+ k running`` in the cell; claims and deltas use
+the finished runs only, so nothing provisional is tested or compared with the paper.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
 from . import claims as claims_lib
-from .experiments import METRICS, CellRun, Experiment, Reference
+from .experiments import EXPERIMENTS_DIR, METRICS, CellRun, Experiment, Reference
 from ..train.records import RunDir, atomic_write
 
 DASH, NOT_CONVERGED, NOT_RUN = "—", "N/C", "not run"
+WIDE_COLUMNS = 12   # Markdown columns beyond which a table gets the compact layout (one column per paper column)
 RESULT_KEYS = ("final_test_error", "best_test_error", "final_test_accuracy", "best_test_accuracy", "best_iteration",
                "final_hidden_energy", "iterations", "diverged_at", "wall_time_s", "train_images_per_s",
                "final_val_accuracy", "final_val_loss", "stopped_early")  # the last three: node runs
@@ -49,12 +58,15 @@ def _flatten(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def collect(exp: Experiment, cells: Sequence[CellRun], runs_root: Path) -> pd.DataFrame:
-    """One row per planned run and cell: where it stands, its results, its environment and every config key."""
+def collect(exp: Experiment, cells: Sequence[CellRun], runs_root: Path, running: bool = False) -> pd.DataFrame:
+    """One row per planned run and cell: where it stands, its results, its environment and every config key.
+    ``running``: a partial run gets its latest evaluation's values (``latest_iteration`` and the metrics)."""
     rows = []
     for cell in cells:
         run = RunDir(Path(runs_root) / cell.name)
         status, final = run_status(run)
+        if running and status == "partial":
+            final = latest(run)
         meta = run.read_meta() if status != "todo" else {}
         cfg = _flatten(run.read_config() if run.config_path.exists() else cell.cfg)
         cfg["device_requested"] = cfg.pop("device")  # "device" is the hardware the run used (meta.json)
@@ -64,10 +76,35 @@ def collect(exp: Experiment, cells: Sequence[CellRun], runs_root: Path) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def latest(run: RunDir) -> Optional[Dict[str, Any]]:
+    """A partial run's results so far, final.json-like, from its latest evaluation after iteration 0 (None if none):
+    ``final_<x>`` is the last row's ``<x>``, ``best_<x>`` the best so far (the lowest, the highest for an accuracy)."""
+    rows = [r for r in run.read_metrics() if float(r.get("iteration") or 0) > 0]
+    if not rows:
+        return None
+    out: Dict[str, Any] = {"latest_iteration": int(float(rows[-1]["iteration"]))}
+    for key in rows[-1]:
+        values = [_float(r.get(key)) for r in rows]
+        if values[-1] is not None:
+            out[f"final_{key}"] = values[-1]
+            best = max if METRICS.get(f"best_{key}", METRICS["best_test_error"]).higher_is_better else min
+            out[f"best_{key}"] = best(v for v in values if v is not None)
+    out["best_iteration"] = None
+    return out
+
+
+def _float(text: Any) -> Optional[float]:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def results(final: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """final.json's result keys; a metric final.json lacks is derived from its complement (accuracy = 100 - error)."""
     final = final or {}
-    out = {k: final.get(k) for k in RESULT_KEYS}
+    out = {k: final.get(k) for k in RESULT_KEYS + ("latest_iteration",)}
     for key, metric in METRICS.items():
         if out.get(key) is None and metric.complement and _num(final.get(metric.complement)) is not None:
             out[key] = 100.0 - float(final[metric.complement])
@@ -78,21 +115,27 @@ def results(final: Optional[Dict[str, Any]]) -> Dict[str, Any]:
 class CellStats:
     values: List[float]        # the column's metric over the finished runs
     diverged: int
+    running: List[float] = field(default_factory=list)   # runs still training, at their latest evaluation
 
     @property
     def n(self) -> int:
         return len(self.values)
 
     @property
+    def shown(self) -> List[float]:
+        """What the cell's mean and std are over: the finished runs, and the running ones when they are shown."""
+        return self.values + self.running
+
+    @property
     def mean(self) -> float:
-        return sum(self.values) / self.n
+        return sum(self.shown) / len(self.shown)
 
     @property
     def std(self) -> float:
-        if self.n < 2:
+        if len(self.shown) < 2:
             return float("nan")
         m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+        return math.sqrt(sum((v - m) ** 2 for v in self.shown) / (len(self.shown) - 1))
 
 
 def cell_stats(exp: Experiment, df: pd.DataFrame) -> Dict[Tuple[str, str], CellStats]:
@@ -104,7 +147,10 @@ def cell_stats(exp: Experiment, df: pd.DataFrame) -> Dict[Tuple[str, str], CellS
             done = mine[mine["status"] == "done"] if len(mine) else mine
             values = [float(v) for v in done[column.metric]] if len(done) else []
             diverged = int((mine["status"] == "diverged").sum()) if len(mine) else 0
-            out[(row.name, column.name)] = CellStats(values, diverged)
+            live = mine[(mine["status"] == "partial") & mine["latest_iteration"].notna()] \
+                if len(mine) and "latest_iteration" in mine else mine.iloc[:0]
+            running = [float(v) for v in live[column.metric] if _num(v) is not None and v == v] if len(live) else []
+            out[(row.name, column.name)] = CellStats(values, diverged, running)
     return out
 
 
@@ -113,12 +159,13 @@ def _num(value: Any) -> Optional[float]:
 
 
 def ours_text(stats: CellStats, digits: int, pm: str = "±") -> str:
-    nc = f"; {stats.diverged} {NOT_CONVERGED}" if stats.diverged and stats.n else ""
-    if not stats.n:
+    nc = f"; {stats.diverged} {NOT_CONVERGED}" if stats.diverged and stats.shown else ""
+    live = f" + {len(stats.running)} running" if stats.running else ""
+    if not stats.shown:
         return f"{NOT_CONVERGED} ({stats.diverged})" if stats.diverged else DASH
-    if stats.n == 1:
-        return f"{stats.mean:.{digits}f} (1{nc})"
-    return f"{stats.mean:.{digits}f} {pm} {stats.std:.{digits}f} ({stats.n}{nc})"
+    if len(stats.shown) == 1:
+        return f"{stats.mean:.{digits}f} ({stats.n}{live}{nc})"
+    return f"{stats.mean:.{digits}f} {pm} {stats.std:.{digits}f} ({stats.n}{live}{nc})"
 
 
 def ref_text(value: Any, digits: int) -> str:
@@ -128,8 +175,9 @@ def ref_text(value: Any, digits: int) -> str:
 
 
 def delta_text(stats: CellStats, value: Any, digits: int) -> str:
+    """Ours minus the reference, over the finished runs only (a running run is not a result)."""
     ref = _num(value)
-    return f"{stats.mean - ref:+.{digits}f}" if ref is not None and stats.n else ""
+    return f"{sum(stats.values) / stats.n - ref:+.{digits}f}" if ref is not None and stats.n else ""
 
 
 def _refs_for(exp: Experiment, column: str) -> List[Reference]:
@@ -207,17 +255,62 @@ def run_claims(exp: Experiment) -> List[Dict[str, Any]]:
     return out
 
 
+def command(exp: Experiment) -> str:
+    """The command that regenerates this table: target, profile, seeds and protocol overrides."""
+    path = Path(exp.path).resolve()
+    target = exp.name if path.parent == EXPERIMENTS_DIR else \
+        str(path.relative_to(EXPERIMENTS_DIR.parent) if EXPERIMENTS_DIR.parent in path.parents else path)
+    parts = ["python -m comhe.run", target] + ([f"--profile {exp.profile}"] if exp.profile != "paper" else [])
+    if exp.seeds_given:
+        parts.append(f"--seeds {','.join(map(str, exp.seeds))}")
+    return " ".join(parts + list(exp.overrides))
+
+
+def protocol_line(exp: Experiment) -> str:
+    """The header's warning that some runs are not the paper protocol ('' when every override is the protocol)."""
+    if not exp.overrides:
+        return ""
+    return ("Not the paper protocol: overrides " + ", ".join(exp.overrides) +
+            " (on every cell that has the option; the reference numbers were made without them).")
+
+
+def compact(groups, body) -> Tuple[List[str], List[List[str]]]:
+    """One column per paper column: ``ours<br>label value (Δ d)`` for each reference with a value there."""
+    head = ["Method"] + [name for name, _ in groups]
+    rows = []
+    for line in body:
+        out, i = [line[0]], 1
+        for _, subs in groups:
+            ours, refs = line[i], line[i + 1:i + len(subs)]
+            labels = subs[1::2]
+            quoted = [f"{label} {value}" + (f" (Δ {delta})" if delta else "")
+                      for label, value, delta in zip(labels, refs[0::2], refs[1::2]) if value]
+            out.append("<br>".join(filter(None, [ours] + ["; ".join(quoted)])) if ours or quoted else "")
+            i += len(subs)
+        rows.append(out)
+    return head, rows
+
+
 def render_md(exp: Experiment, df: pd.DataFrame, extra: Sequence[str] = ()) -> str:
     """``extra``: lines placed after the notes (e.g. where a table's settings were selected)."""
     stats = cell_stats(exp, df)
     groups, body = layout(exp, stats)
     head = ["Method"] + [f"{name}: {sub}" if i == 0 else sub for name, subs in groups for i, sub in enumerate(subs)]
-    lines = [f"# {exp.title}", "", f"Source: {exp.source}", "",
+    cell = "Cell: ours mean ± std over seeds (n finished runs) | reference | Δ = ours − reference."
+    if len(head) > WIDE_COLUMNS:
+        head, body = compact(groups, body)
+        cell = ("Cell: ours mean ± std over seeds (n finished runs), below it the reference value and Δ = ours − "
+                "reference.")
+    warning = protocol_line(exp)
+    lines = [f"# {exp.title}", "", f"Source: {exp.source}", ""] + ([f"**{warning}**", ""] if warning else []) + [
              f"Profile `{exp.profile}`, seeds {', '.join(map(str, exp.seeds))}; metric: {_metric_line(exp)}. "
-             f"Cell: ours mean ± std over seeds (n finished runs) | reference | Δ = ours − reference. "
+             f"{cell} "
              f"{DASH}: not run yet; {NOT_CONVERGED}: diverged (not converged), left out of the mean.", "",
              "| " + " | ".join(head) + " |", "|" + "|".join([":--"] + ["--:"] * (len(head) - 1)) + "|"]
     lines += ["| " + " | ".join(line) + " |" for line in body]
+    if any(st.running for st in stats.values()):
+        lines += ["", "Cells with \"+ k running\" also count runs still training, at their latest evaluation "
+                  f"({running_line(df)}); these are not results: Δ and the claims use the finished runs only."]
     lines += ["", "References:"] + ([f"- {r.label}: {r.source}" for r in exp.references] or ["- none"])
     if exp.not_run:
         lines += ["", "Not run:"] + [f"- {name}: {why}" for name, why in exp.not_run.items()]
@@ -227,7 +320,7 @@ def render_md(exp: Experiment, df: pd.DataFrame, extra: Sequence[str] = ()) -> s
     results = claims_lib.check_all(run_claims(exp), claim_values(exp, stats),
                                    [c.name for c in exp.columns if c.name not in exp.not_run],
                                    {c.name: METRICS[c.metric].higher_is_better for c in exp.columns})
-    lines += ["", f"Claims of the paper, checked across seeds ({claims_lib.TEST_NAME}):"]
+    lines += ["", f"Claims of the paper, checked across seeds: {claims_lib.test_sentence(len(exp.seeds))}"]
     if not results:
         lines.append("- none: the paper's numbers for this layout were not recovered (docs/reference.md §3), so no "
                      "claim is checked")
@@ -241,8 +334,17 @@ def render_md(exp: Experiment, df: pd.DataFrame, extra: Sequence[str] = ()) -> s
     shas = sorted({str(s) for s in df.get("git_sha", pd.Series(dtype=object)).dropna()}) if len(df) else []
     devices = sorted({str(s) for s in df.get("device", pd.Series(dtype=object)).dropna()}) if len(df) else []
     lines += ["", f"Runs: {status_line(df)}. Code: {', '.join(shas) or 'n/a'}. Devices: {', '.join(devices) or 'n/a'}.",
-              f"Generated from the run records by `python -m comhe.run {exp.name}`; do not edit.", ""]
+              f"Generated from the run records by `{command(exp)}`; do not edit.", ""]
     return "\n".join(lines)
+
+
+def running_line(df: pd.DataFrame) -> str:
+    """``name at 1500 / 75000`` for each run shown at its latest evaluation."""
+    if not len(df) or "latest_iteration" not in df:
+        return ""
+    live = df[(df["status"] == "partial") & df["latest_iteration"].notna()].drop_duplicates("run")
+    return ", ".join(f"{r['run']} at iteration {int(r['latest_iteration'])} of {int(r['iterations'])}"
+                     for _, r in live.iterrows())
 
 
 def tex_escape(text: str) -> str:
@@ -263,12 +365,22 @@ def render_tex(exp: Experiment, df: pd.DataFrame) -> str:
         rules.append(rf"\cmidrule(lr){{{start}-{start + w - 1}}}")
         start += w
     sub = [""] + [tex_escape(s) for _, subs in groups for s in subs]
-    lines = [f"% {exp.title}: generated from the run records by `python -m comhe.run {exp.name}`; do not edit.",
+    lines = [f"% {exp.title}: generated from the run records by `{command(exp)}`; do not edit.",
              f"% Profile {exp.profile}, seeds {', '.join(map(str, exp.seeds))}; runs: {status_line(df)}.",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(top) + r" \\", " ".join(rules),
-             " & ".join(sub) + r" \\", r"\midrule"]
+             rf"\begin{{tabular}}{{{spec}}}"]
+    if exp.overrides or exp.profile != "paper":  # in the printed table, not only in a comment
+        note = protocol_line(exp) or "Not the paper protocol."
+        lines.insert(2, f"% {note}")
+        lines.append(rf"\multicolumn{{{len(sub)}}}{{l}}{{\footnotesize Profile {tex_escape(exp.profile)}. "
+                     rf"{tex_escape(note)}}} \\")
+    running = any(st.running for st in stats.values())
+    lines += [r"\toprule", " & ".join(top) + r" \\", " ".join(rules), " & ".join(sub) + r" \\", r"\midrule"]
     lines += [" & ".join(tex_escape(cell) for cell in line) + r" \\" for line in body]
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    lines += [r"\bottomrule"]
+    if running:
+        lines.append(rf"\multicolumn{{{len(sub)}}}{{l}}{{\footnotesize + k running: runs still training, at their "
+                     r"latest evaluation; not results.} \\")
+    lines += [r"\end{tabular}", ""]
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import experiments as experiments_lib
+from . import progress as progress_lib
 from .experiments import CellRun, Experiment
 from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
 from ..train.records import RunDir
@@ -157,18 +158,45 @@ def _file_lock(path: Path):
 
 def preflight(pending: Sequence[Planned]) -> None:
     """Build each dataset once before any worker starts: a download or a synthetic write never races, and a
-    missing dataset stops everything with one message (``DatasetUnavailable``) before anything is trained. A lock in
-    the data root makes two runner invocations take turns (synthetic datasets are written in place, not atomically:
-    one process would read the other's half-written files)."""
+    missing dataset stops everything with one message (``DatasetUnavailable``) before anything is trained or created
+    (``data.locate``: a mistyped data root is refused, not made). Where the dataset is written on use, a lock in the
+    data root makes two runner invocations take turns (synthetic datasets are written in place, not atomically: one
+    process would read the other's half-written files); data read in place get no lock file."""
     from .. import data
     seen = set()
     for p in pending:
         cfg = p.cfg
         key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
-        if key not in seen:
-            seen.add(key)
-            with _file_lock(data.data_root(cfg["data_root"] or None) / ".comhe-preflight.lock"):
-                data.build(cfg["dataset"], root=cfg["data_root"] or None, device="cpu", **cfg["data"])
+        if key in seen:
+            continue
+        seen.add(key)
+        root = cfg["data_root"] or None
+        problem, writes = data.locate(cfg["dataset"], root, **cfg["data"])
+        if problem:
+            raise data.DatasetUnavailable(problem)
+        if not writes:
+            data.build(cfg["dataset"], root=root, device="cpu", **cfg["data"])
+            continue
+        lock = data.data_root(root) / ".comhe-preflight.lock"
+        with data.removed_if_failed(lock.parent, files=[lock]):
+            lock.parent.mkdir(exist_ok=True)  # its parent exists (locate)
+            with _file_lock(lock):
+                data.build(cfg["dataset"], root=root, device="cpu", **cfg["data"])
+
+
+def missing_data(runs: Sequence[Planned]) -> Dict[str, str]:
+    """Run name -> why its dataset cannot be had (``DRY=1``); reads only, one look per distinct dataset."""
+    from .. import data
+    found: Dict[Any, Optional[str]] = {}
+    out = {}
+    for p in runs:
+        cfg = p.cfg
+        key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
+        if key not in found:
+            found[key] = data.locate(cfg["dataset"], cfg["data_root"] or None, **cfg["data"])[0]
+        if found[key]:
+            out[p.name] = found[key]
+    return out
 
 
 def check_nproc(pending: Sequence[Planned], nproc: int) -> None:
@@ -199,11 +227,14 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
     keep = [plan.keep_weights[p.name] for p in pending]
     started, done, locked = time.perf_counter(), [0], []
     width = len(str(len(pending)))
+    # Per-run progress and the table's ETA from the runs' progress records, whatever the launcher (progress.py)
+    at_once = 1 if nproc > 1 and launcher == "local" else jobs if launcher == "local" or jobs > 1 else len(pending)
+    monitor = progress_lib.Monitor([(p.name, d, c) for p, d, c in zip(pending, dirs, cfgs)], at_once, out).start()
 
     def line(i: int, outcome: str, detail: str, index: str) -> None:
         cell = pending[i].cells[0]
-        print(f"[{index:>{2 * width + 1}}] {outcome:<9} {pending[i].name}  ({cell.experiment}: {cell.row} / "
-              f"{cell.column}, seed {cell.seed})  {detail}", file=out, flush=True)
+        monitor.print(f"[{index:>{2 * width + 1}}] {outcome:<9} {pending[i].name}  ({cell.experiment}: {cell.row} / "
+                      f"{cell.column}, seed {cell.seed})  {detail}")
 
     def on_result(i: int, result: Dict[str, Any]):
         outcome = "elsewhere" if result["outcome"] == "skipped" else result["outcome"]  # finished since planning
@@ -233,7 +264,11 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
                                 on_result=lambda k, result: on_result(index_map[k], result),
                                 folder=runs_root.parent / "submitit", options=options or {})
 
-    launch(list(range(len(pending))))
+    try:
+        launch(list(range(len(pending))))
+    except BaseException:
+        monitor.stop()
+        raise
     while locked and not counts.get("no data"):
         print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
               "stops waiting and renders what exists)", file=out, flush=True)
@@ -243,6 +278,7 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
                 time.sleep(poll_s)
             except KeyboardInterrupt:  # stop waiting: render what exists, these runs as "locked" (exit code 1)
                 counts["locked"] = len(waiting) + len(locked)
+                monitor.stop()
                 print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
                 return counts
             still, free = [], []
@@ -254,23 +290,29 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
             waiting = still
             if free:
                 launch(free)  # one locked again by a third process goes back to `locked`
+    monitor.stop()
     print(f"trained in {time.perf_counter() - started:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
           file=out, flush=True)
     return counts
 
 
-def dry_run(plan: Plan, runs_root: Path, out=sys.stdout) -> Dict[str, int]:
-    """List every cell's runs with their status (done / partial / todo); trains and writes nothing."""
+def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[str, int]:
+    """List every cell's runs with their status (done / partial / todo), a partial run's iteration and ETA, and the
+    runs whose data is missing; trains, creates and writes nothing."""
     states = {p.name: status(runs_root, p.name) for p in plan.runs}
+    no_data = missing_data([p for p in plan.runs if states[p.name] != "done"])
     for exp in plan.experiments:
         cells = plan.cells[exp.name]
-        print(f"{exp.name} (profile {exp.profile}, seeds {','.join(map(str, exp.seeds))}): {len(cells)} cell runs",
-              file=out)
+        warning = f"; overrides {' '.join(exp.overrides)}: not the paper protocol" if exp.overrides else ""
+        print(f"{exp.name} (profile {exp.profile}, seeds {','.join(map(str, exp.seeds))}{warning}): {len(cells)} "
+              "cell runs", file=out)
         width_r = max([len(c.row) for c in cells] + [3])
         width_c = max([len(c.column) for c in cells] + [6])
         print(f"  {'status':<8} {'row':<{width_r}} {'column':<{width_c}} seed  run", file=out)
         for c in cells:
-            print(f"  {states[c.name]:<8} {c.row:<{width_r}} {c.column:<{width_c}} {c.seed:>4}  {c.name}", file=out)
+            state = "no data" if c.name in no_data else states[c.name]
+            extra = ("  " + progress_lib.describe(runs_root / c.name, c.cfg)) if states[c.name] == "partial" else ""
+            print(f"  {state:<8} {c.row:<{width_r}} {c.column:<{width_c}} {c.seed:>4}  {c.name}{extra}", file=out)
         for column, why in exp.not_run.items():
             print(f"  not run: {column}: {why}", file=out)
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "todo")}
@@ -281,20 +323,32 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout) -> Dict[str, int]:
     print(f"{len(plan.runs)} unique runs: {counts['done']} done, {counts['partial']} partial, {counts['todo']} todo; "
           f"left to train: {sum(p.cfg['iterations'] for p in todo)} iterations, {images} training images "
           "(partial runs counted whole)", file=out, flush=True)
+    eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs)
+    if todo:
+        print("ETA at the measured rates of these runs: " + (f"{progress_lib.duration(eta)} with {jobs} worker(s)"
+              if eta is not None else "unknown (no run of this plan has a measured rate yet)"), file=out, flush=True)
+    for message in dict.fromkeys(no_data.values()):
+        runs = sum(m == message for m in no_data.values())
+        print(f"no data for {runs} run(s): {message}", file=out, flush=True)
     return counts
 
 
-def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=sys.stdout) -> List[Path]:
-    """Tables (csv, md, tex) and figures of every experiment of the plan, from the run records only."""
+def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=sys.stdout,
+           running: bool = False) -> List[Path]:
+    """Tables (csv, md, tex) and figures of every experiment of the plan, from the run records only (``running``:
+    with the runs still training counted at their latest evaluation, marked as such)."""
     from . import report, selection
     paths = []
     for exp in plan.experiments:
-        df = report.collect(exp, plan.cells[exp.name], runs_root)
+        df = report.collect(exp, plan.cells[exp.name], runs_root, running=running)
         extra = (selection.sweep_lines(exp, df) if exp.select else []) + \
             (selection.table_lines(exp, plan.cells[exp.name], runs_root) if exp.selected_by else [])
         paths += report.write(exp, df, results, extra)
         if figures_dir is not None:
             from . import figures
             paths += figures.render(exp, df, plan.cells[exp.name], runs_root, figures_dir)
+    if set(targets(["all"])) <= {exp.name for exp in plan.experiments}:  # every table and figure: the scorecard
+        from . import scorecard
+        paths += scorecard.write(plan.experiments, plan.cells, runs_root, results, figures_dir)
     print("wrote " + ", ".join(str(p) for p in paths), file=out, flush=True)
     return paths

@@ -10,6 +10,8 @@ module              what
 ``losses.py``       the official loss and cross-entropy
 ``checkpoint.py``   atomic, checksummed checkpoints
 ``records.py``      the run directory: config, metrics, final result, metadata (read by the suite)
+``progress.py``     the live progress record of a run (``progress.json``), polled by the suite
+``tracking.py``     optional TensorBoard logging of the metrics rows (``tensorboard=true``)
 ``distributed.py``  torchrun / DDP
 ``seeding.py``      seeds and RNG states
 ``cli.py``          ``python -m comhe.train cfg.yaml key=value ...``

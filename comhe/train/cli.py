@@ -28,12 +28,23 @@ COLUMNS = [("iteration", "iter", 7, "d"), ("epoch", "epoch", 7, ".1f"), ("lr", "
            ("test_error", "test_err%", 9, ".2f"), ("hidden_energy", "hid_E", 8, ".4f"), ("seconds", "time_s", 8, ".0f")]
 
 
+def _cell(value: Any, width: int, fmt: str) -> str:
+    """A number, or "-" where there is none yet (the training columns at iteration 0: no step was taken)."""
+    if isinstance(value, float) and value != value:
+        return f"{'-':>{width}}"
+    return f"{value:>{width}{fmt}}"
+
+
 def line_reporter(out=None, columns=None) -> Callable[[Dict[str, Any]], None]:
+    """One fixed-column line per evaluation; the header comes with the first line (after ``run:``)."""
+    started = []
     out, columns = out or sys.stdout, columns or COLUMNS  # sys.stdout when called, not when imported
-    print(" ".join(f"{title:>{width}}" for _, title, width, _ in columns), file=out, flush=True)
 
     def report(row: Dict[str, Any]) -> None:
-        print(" ".join(f"{row[key]:>{width}{fmt}}" for key, _, width, fmt in columns), file=out, flush=True)
+        if not started:
+            started.append(True)
+            print(" ".join(f"{title:>{width}}" for _, title, width, _ in columns), file=out, flush=True)
+        print(" ".join(_cell(row[key], width, fmt) for key, _, width, fmt in columns), file=out, flush=True)
     return report
 
 
@@ -43,7 +54,7 @@ def tqdm_reporter(total: int) -> Callable[[Dict[str, Any]], None]:
 
     def report(row: Dict[str, Any]) -> None:
         bar.update(int(row["iteration"]) - bar.n)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_err=f"{row['test_error']:.2f}",
+        bar.set_postfix(loss=_cell(row["train_loss"], 0, ".3f"), test_err=f"{row['test_error']:.2f}",
                         hid_E=f"{row['hidden_energy']:.3f}")
         if row["iteration"] >= total:
             bar.close()

@@ -52,11 +52,13 @@ DEFAULTS: Dict[str, Any] = {
     "cuda_graph": False,        # capture the whole step (optimiser included) in CUDA graphs (steps.py)
     "workers": 8,               # DataLoader workers per process (ImageNet only; CIFAR lives on the device)
     "threads": 0,               # CPU threads for torch (0: torch's default)
+    # --- observing a run (not part of its identity)
+    "tensorboard": False,       # log every metrics row to <run dir>/tensorboard/ (train/tracking.py)
 }
 
 # Keys added to DEFAULTS after run names were pinned (tests/suite/golden/run_names.json). At their default they are
 # left out of a run's hash (``records.config_hash``), so adding a key never renames, and so never retrains, a run.
-ADDED_KEYS: tuple = ("early_stopping",)
+ADDED_KEYS: tuple = ("early_stopping", "tensorboard")
 # Keys of the minibatch image loop that a full-batch node run (comhe/train/node_engine.py: Adam on the whole graph)
 # has no use for: set away from their defaults for a graph dataset, they are refused rather than ignored.
 IMAGE_ONLY = ("batch_size", "momentum", "nesterov", "wd_exclude_bn", "augment", "compile", "cuda_graph")

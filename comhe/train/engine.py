@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, tracking
+from .progress import ProgressRecord
 from ..energy import layer_energies
 from ..layers import find_layers
 from .records import RunDir, RunLocked, environment
@@ -201,6 +202,16 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
                 "resumed_from": iteration}
         run.write_meta({**run.read_meta(), **meta})
     start, start_iteration = time.perf_counter(), iteration
+    # What a runner on another host sees (progress.py) and the optional TensorBoard log (tracking.py): rank 0 only.
+    live = ProgressRecord(run.path, cfg["iterations"], cfg["batch_size"], iteration) if main else None
+    tracker = tracking.open_tracker(cfg, run.path, iteration) if main else None
+
+    def ended(final: Dict[str, Any]) -> Dict[str, Any]:
+        if live is not None:
+            live.write(final["status"])
+        if tracker is not None:
+            tracker.close()
+        return final
 
     def clock() -> float:
         return elapsed + time.perf_counter() - start
@@ -211,6 +222,9 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
             best.update(test_error=row["test_error"], iteration=it)
         if main:
             run.append_metrics(row)
+            live.update(it, row, force=True)
+            if tracker is not None:
+                tracker.log(row)
         if report:
             report(row)
         return row
@@ -240,9 +254,11 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
             if at_eval or at_checkpoint or iteration % CHECK_EVERY == 0 or (stop.requested and not s.ctx.enabled):
                 stopping, bad = _agree(stop, nonfinite, s)
                 if bad:
-                    return _finish(s, run, main, iteration, best, clock(), diverged=True, last_row=final_row,
-                                   diverged_at=iteration - bad + 1)
+                    return ended(_finish(s, run, main, iteration, best, clock(), diverged=True, last_row=final_row,
+                                         diverged_at=iteration - bad + 1))
                 nonfinite.zero_()
+                if live is not None:  # throttled to one write per few seconds; the device was just synced
+                    live.update(iteration)
             if at_eval:
                 window = _global_window(window, s.ctx)  # all ranks see the same sums: they take the same branch
                 final_row = log_eval(iteration)
@@ -252,11 +268,12 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
                 if main:
                     checkpoint.save(run.checkpoint_dir, iteration, _state(s, iteration, saved, best, clock()))
             if stopping:
+                ended({"status": "stopped"})
                 distributed.barrier(s.ctx)
-                raise Preempted(f"stopped by a signal at iteration {iteration}; relaunch to resume")
+                raise Preempted(f"stopped by a signal at iteration {iteration}; rerun the same command to resume")
     images = (iteration - start_iteration) * cfg["batch_size"]
-    return _finish(s, run, main, iteration, best, clock(), diverged=False, last_row=final_row,
-                   images_per_s=images / max(time.perf_counter() - start, 1e-9))
+    return ended(_finish(s, run, main, iteration, best, clock(), diverged=False, last_row=final_row,
+                         images_per_s=images / max(time.perf_counter() - start, 1e-9)))
 
 
 def _finish(s: Setup, run: RunDir, main: bool, iteration: int, best: Dict[str, float], seconds: float,

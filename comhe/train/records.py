@@ -8,6 +8,8 @@ A run directory holds::
     final.json     written once, at the end: status (finished | diverged), final and best test error, ...
     meta.json      git sha, torch / CUDA versions, device, seed, host, command, wall time
     checkpoints/   see checkpoint.py
+    progress.json  the live progress record, rewritten every few seconds while training (progress.py)
+    tensorboard/   TensorBoard event files, with ``tensorboard=true`` only (tracking.py)
     .lock          held (flock) by the process training the run
 
 Every file is written atomically (temporary file + rename), so a reader never sees half a record, and a run killed at
@@ -32,8 +34,9 @@ import yaml
 
 from . import config as config_lib
 
+# How a run is executed or observed, not what it computes: left out of its hash.
 RUN_ID_IGNORES = ("device", "amp", "channels_last", "compile", "cuda_graph", "workers", "threads", "data_root",
-                  "eval_batch_size", "checkpoint_every")  # how a run is executed, not what it computes
+                  "eval_batch_size", "checkpoint_every", "tensorboard")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

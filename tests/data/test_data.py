@@ -282,10 +282,12 @@ def test_archive_with_matching_md5_is_extracted_and_loaded(tmp_path, offline, mo
     assert len(cls(str(archive.parent), train=True)) == 20
 
 
-def test_fashion_mnist_without_files_names_them(tmp_path, offline, monkeypatch):
+def test_fashion_mnist_without_files_names_them_and_the_install_command(tmp_path, offline, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
-    with pytest.raises(data.DatasetUnavailable, match="train-images-idx3-ubyte.gz.*FashionMNIST/raw"):
+    with pytest.raises(data.DatasetUnavailable, match=r"`apt-get install dataset-fashion-mnist`.*"
+                                                      r"train-images-idx3-ubyte.gz.*in .*/fashion-mnist$"):
         data.build("fashion_mnist", tmp_path)
+    assert list(tmp_path.iterdir()) == []                       # no empty FashionMNIST/raw left behind
 
 
 @pytest.mark.skipif(not fashion_mnist.FASHION_MNIST_SYSTEM_DIR.is_dir(),

@@ -57,7 +57,11 @@ def test_make_table1_smoke_end_to_end(tmp_path):
     nothing, DRY=1 lists, a changed config is new runs, a partial run is the only one retrained."""
     clone = fresh_checkout(tmp_path / "clone")
     assert not (clone / "results" / "runs").exists() and not (clone / ".venv").exists()
+    git = {"cwd": clone, "capture_output": True, "text": True, "check": True}
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm clone", shell=True,
+                   **git)
     out = make("table1", "PROFILE=smoke", tmp_path=tmp_path, cwd=clone, outputs_in_tmp=False)
+    assert subprocess.run(["git", "status", "--porcelain"], **git).stdout == ""   # a user's run dirties nothing
     results, runs_root = clone / "results", clone / "results" / "runs"
     for ext in ("csv", "md", "tex"):
         assert (results / f"table1.{ext}").stat().st_size > 500

@@ -46,7 +46,9 @@ def test_columns_run_only_some_and_the_table_says_why_the_others_did_not(tmp_pat
     assert exp.not_run["Citeseer"].startswith("not selected (COLUMNS=cora); data missing: 8 of the 8 ind.citeseer.* "
                                               f"files are not in {empty / 'planetoid'}")
     md = report.render_md(exp, report.collect(exp, cells, tmp_path / "runs"))
-    assert md.count("| not run |") == 4 * 2 and "Not run:\n- Citeseer: not selected (COLUMNS=cora); data missing" in md
+    # 16 columns: the compact layout, the references under each cell (report.WIDE_COLUMNS)
+    assert md.count("| not run<br>paper ") == 4 * 2
+    assert "Not run:\n- Citeseer: not selected (COLUMNS=cora); data missing" in md
     assert "Pubmed (where" not in md                     # the Pubmed-only claim is not checked
     assert "Citeseer: RP-CoMHE" not in md and "Cora: RP-CoMHE" in md
     with pytest.raises(experiments.ExperimentError, match=r"COLUMNS=Texas names none of its columns \(Citeseer, "
@@ -74,7 +76,7 @@ def test_table11_and_fig3_smoke_end_to_end(tmp_path):
     assert len(table) == 8 and set(table["status"]) == {"done"} and set(table["column"]) == {"Cora"}
     assert table["final_test_accuracy"].between(0, 100).all() and table["final_val_accuracy"].notna().all()
     md = (tmp_path / "results" / "table11.md").read_text()
-    assert "| not run |" in md and "- Pubmed: not selected (COLUMNS=Cora)" in md
+    assert "| not run<br>paper " in md and "- Pubmed: not selected (COLUMNS=Cora)" in md
     assert "- HS-MHE: `fig3` has no finished runs yet (`make fig3` to check)" in md
     assert cli.main(["fig3", *args]) == 0
     assert (tmp_path / "figures" / "fig3.png").stat().st_size > 10000

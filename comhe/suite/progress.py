@@ -1,0 +1,265 @@
+"""Live progress of a table: per-run iteration / total, images/s and ETA, and the table's ETA from measured rates.
+
+Every run writes its progress record (``comhe/train/progress.py``: ``<run dir>/progress.json``, every few seconds)
+whatever launches it: a local worker, torchrun, a SLURM job on a shared filesystem. The runner polls those records
+(``Monitor``, a background thread, every ``POLL_S`` seconds) and shows them
+
+* on a terminal: one tqdm bar for the table (iterations of every run left to train) and one per running run;
+* in a log or any other non-terminal output: a block of lines every ``LINE_EVERY_S`` seconds
+  (``COMHE_PROGRESS_S=...`` changes it), one for the table and one per running run.
+
+The table's ETA (``table_eta``) adds up, for each unfinished run, its iterations left over its rate (its own where
+measured, else the mean of the measured runs of the same model and dataset, else of all measured runs) and divides
+by the runs that train at once. It says "unknown" until a first rate is measured. ``DRY=1`` shows each partial run's
+iteration and ETA (``describe``) without writing anything: the lock probe is read-only.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..train import progress as records_progress
+from ..train.records import RunDir
+
+POLL_S = 2.0
+LINE_EVERY_S = float(os.environ.get("COMHE_PROGRESS_S", 60.0))
+STALE_S = 600.0   # a "running" record not rewritten for this long, with its lock free, is a stopped run
+
+
+def duration(seconds: Optional[float]) -> str:
+    """``3d 4h``, ``2h 05m``, ``7m 12s``, ``42s``; ``?`` for None."""
+    if seconds is None or seconds != seconds:
+        return "?"
+    s = int(round(max(seconds, 0)))
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    if d:
+        return f"{d}d {h}h"
+    if h:
+        return f"{h}h {m:02d}m"
+    return f"{m}m {s % 60:02d}s" if m else f"{s}s"
+
+
+def locked_now(run_dir: str | Path) -> bool:
+    """Whether a process holds the run's lock, probed read-only (no file is created or written)."""
+    path = Path(run_dir) / ".lock"
+    try:
+        f = open(path, "r")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def measured_rate(run_dir: str | Path, cfg: Mapping[str, Any]) -> Optional[float]:
+    """Iterations per second of a run: its progress record, else its final.json, else its metrics' last row."""
+    record = records_progress.read(run_dir)
+    if record and record.get("iterations_per_s"):
+        return float(record["iterations_per_s"])
+    run = RunDir(run_dir)
+    final = run.read_final() or {}
+    if final.get("train_images_per_s") and final["train_images_per_s"] == final["train_images_per_s"]:
+        return float(final["train_images_per_s"]) / cfg["batch_size"]
+    rows = run.read_metrics()
+    if rows and float(rows[-1].get("seconds") or 0) > 0 and float(rows[-1]["iteration"]) > 0:
+        return float(rows[-1]["iteration"]) / float(rows[-1]["seconds"])
+    return None
+
+
+def iteration_of(run_dir: str | Path, cfg: Mapping[str, Any]) -> int:
+    """Iterations done: ``iterations`` for a finished run, else the progress record's, else the metrics'."""
+    run = RunDir(run_dir)
+    if run.status() == "done":
+        return int((run.read_final() or {}).get("iterations") or cfg["iterations"])
+    record = records_progress.read(run_dir)
+    if record:
+        return int(record.get("iteration") or 0)
+    rows = run.read_metrics()
+    return int(float(rows[-1]["iteration"])) if rows else 0
+
+
+def _group(cfg: Mapping[str, Any]) -> Tuple[str, str]:
+    return cfg["dataset"], cfg["model"]
+
+
+def table_eta(runs: Sequence[Tuple[str, Mapping[str, Any]]], concurrent: int,
+              rates: Optional[Dict[str, float]] = None) -> Optional[float]:
+    """Seconds until every run of ``runs`` (``(run dir, cfg)``) is finished, at the measured rates (module
+    docstring); None while no rate is known. ``rates`` (run dir -> iterations/s) saves re-reading records."""
+    rates = dict(rates) if rates is not None else {}
+    for run_dir, cfg in runs:
+        if run_dir not in rates:
+            rate = measured_rate(run_dir, cfg)
+            if rate:
+                rates[run_dir] = rate
+    if not rates:
+        return None
+    by_group: Dict[Tuple[str, str], List[float]] = {}
+    cfgs = dict(runs)
+    for run_dir, rate in rates.items():
+        if run_dir in cfgs:
+            by_group.setdefault(_group(cfgs[run_dir]), []).append(rate)
+    overall = sum(rates.values()) / len(rates)
+    seconds, left_runs, longest = 0.0, 0, 0.0
+    for run_dir, cfg in runs:
+        left = cfg["iterations"] - iteration_of(run_dir, cfg)
+        if left <= 0 or RunDir(run_dir).status() == "done":
+            continue
+        group = by_group.get(_group(cfg))
+        rate = rates.get(run_dir) or (sum(group) / len(group) if group else overall)
+        seconds += left / rate
+        longest = max(longest, left / rate)
+        left_runs += 1
+    if not left_runs:
+        return 0.0
+    return max(seconds / max(1, min(concurrent, left_runs)), longest)
+
+
+def describe(run_dir: str | Path, cfg: Mapping[str, Any], now: Optional[float] = None) -> str:
+    """A partial run for ``DRY=1``: its iteration, whether it is training now (and where), its ETA."""
+    now = time.time() if now is None else now
+    record = records_progress.read(run_dir)
+    done, total = iteration_of(run_dir, cfg), cfg["iterations"]
+    text = f"iteration {done}/{total} ({100.0 * done / max(total, 1):.1f}%)"
+    rate = measured_rate(run_dir, cfg)
+    if locked_now(run_dir):
+        where = f" on {record['host']} (pid {record['pid']})" if record else ""
+        age = f", updated {duration(now - record['updated'])} ago" if record else ""
+        eta = f", ETA {duration((total - done) / rate)}" if rate else ""
+        rate_text = f", {rate * cfg['batch_size']:.0f} img/s" if rate else ""
+        return f"{text}, training now{where}{rate_text}{eta}{age}"
+    since = f" {duration(now - record['updated'])} ago" if record else ""
+    left = f"; {duration((total - done) / rate)} left at its last rate" if rate else ""
+    return f"{text}, stopped{since} (the next run of the command resumes it from its last checkpoint){left}"
+
+
+class Monitor:
+    """Polls the progress records of ``runs`` (``(name, run dir, cfg)``) and shows them (module docstring)."""
+
+    def __init__(self, runs: Sequence[Tuple[str, str, Mapping[str, Any]]], concurrent: int, out=sys.stdout,
+                 bars: Optional[bool] = None, poll_s: Optional[float] = None, line_every_s: Optional[float] = None):
+        self.runs, self.concurrent, self.out = list(runs), max(1, concurrent), out
+        self.bars = (hasattr(out, "isatty") and out.isatty()) if bars is None else bars
+        self.poll_s = POLL_S if poll_s is None else poll_s
+        self.line_every_s = LINE_EVERY_S if line_every_s is None else line_every_s
+        self.total = sum(cfg["iterations"] for _, _, cfg in self.runs)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._tqdm: Dict[str, Any] = {}
+        self._last_lines = time.monotonic()
+        self._final_rates: Dict[str, Optional[float]] = {}   # finished runs: read once
+
+    # --- what the runner prints goes through here, so that bars and lines do not tear each other
+    def print(self, text: str) -> None:
+        with self._lock:
+            if self._tqdm:
+                from tqdm import tqdm
+                tqdm.write(text, file=self.out)
+            else:
+                print(text, file=self.out, flush=True)
+
+    def start(self) -> "Monitor":
+        if self.runs:
+            self._thread = threading.Thread(target=self._loop, name="comhe-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        with self._lock:
+            for bar in self._tqdm.values():
+                bar.close()
+            self._tqdm.clear()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - a display problem must never stop a table
+                pass
+
+    # --- one look at every record
+    def snapshot(self) -> Dict[str, Any]:
+        """``{"done": iterations done in all runs, "finished": runs, "running": [(name, record)], "eta_s": ...}``."""
+        done, finished, running, rates = 0, 0, [], {}
+        now = time.time()
+        for name, run_dir, cfg in self.runs:
+            if run_dir in self._final_rates or RunDir(run_dir).status() == "done":
+                finished += 1
+                done += cfg["iterations"]
+                if run_dir not in self._final_rates:
+                    self._final_rates[run_dir] = measured_rate(run_dir, cfg)
+                rate = self._final_rates[run_dir]
+            else:
+                record = records_progress.read(run_dir)
+                if record and record.get("status") == "running" and now - record.get("updated", 0) < STALE_S:
+                    running.append((name, record))
+                    done += int(record.get("iteration") or 0)
+                rate = measured_rate(run_dir, cfg)
+            if rate:
+                rates[run_dir] = rate
+        eta = table_eta([(d, c) for _, d, c in self.runs], self.concurrent, rates)
+        return {"done": done, "finished": finished, "running": running, "eta_s": eta}
+
+    def poll(self) -> Dict[str, Any]:
+        snap = self.snapshot()
+        if self.bars:
+            self._draw_bars(snap)
+        elif time.monotonic() - self._last_lines >= self.line_every_s:
+            self._last_lines = time.monotonic()
+            self.print("\n".join(self.lines(snap)))
+        return snap
+
+    def lines(self, snap: Mapping[str, Any]) -> List[str]:
+        head = (f"[progress] {snap['finished']}/{len(self.runs)} runs finished, {len(snap['running'])} running; "
+                f"{snap['done']}/{self.total} iterations ({100.0 * snap['done'] / max(self.total, 1):.1f}%); "
+                f"table ETA {duration(snap['eta_s']) if snap['eta_s'] is not None else 'unknown (no rate yet)'}")
+        return [head] + [f"[progress]   {name}  {_run_text(record)}" for name, record in snap["running"]]
+
+    def _draw_bars(self, snap: Mapping[str, Any]) -> None:
+        from tqdm import tqdm
+        with self._lock:
+            if "table" not in self._tqdm:
+                self._tqdm["table"] = tqdm(total=self.total, desc="table", unit="it", file=self.out, position=0,
+                                           dynamic_ncols=True, leave=True)
+            table = self._tqdm["table"]
+            table.n = snap["done"]
+            table.set_postfix_str(f"{snap['finished']}/{len(self.runs)} runs, ETA "
+                                  f"{duration(snap['eta_s']) if snap['eta_s'] is not None else '?'}", refresh=False)
+            table.refresh()
+            live = {name for name, _ in snap["running"]}
+            for name in [n for n in self._tqdm if n != "table" and n not in live]:
+                self._tqdm.pop(name).close()
+            for name, record in snap["running"]:
+                if name not in self._tqdm:
+                    self._tqdm[name] = tqdm(total=record.get("iterations") or 1, desc=name[:40], unit="it",
+                                            file=self.out, position=len(self._tqdm), dynamic_ncols=True, leave=False)
+                bar = self._tqdm[name]
+                bar.n = int(record.get("iteration") or 0)
+                bar.set_postfix_str(_run_text(record, short=True), refresh=False)
+                bar.refresh()
+
+
+def _run_text(record: Mapping[str, Any], short: bool = False) -> str:
+    it, total = int(record.get("iteration") or 0), int(record.get("iterations") or 0)
+    rate = record.get("images_per_s")
+    speed = f"{rate:.0f} img/s" if rate else "? img/s"
+    eta = duration(record.get("eta_s"))
+    latest = record.get("latest") or {}
+    err = f", test error {latest['test_error']:.2f}% at {int(latest['iteration'])}" \
+        if isinstance(latest.get("test_error"), (int, float)) and latest.get("iteration") else ""
+    if short:
+        return f"{speed}, ETA {eta}{err}"
+    return f"{it}/{total} ({100.0 * it / max(total, 1):.1f}%)  {speed}  ETA {eta}{err}"
