@@ -14,4 +14,5 @@ model here registers its input convolution first and its classifier last.
 from __future__ import annotations
 
 from . import plain_cnn, resnet_cifar, resnet_imagenet  # noqa: F401  (each registers its constructors)
+from . import pointnet, pointnet2  # noqa: F401  (pointnet, pointnet_tnet; pointnet2_ssg)
 from .factory import MODELS, build, names, option_defaults  # noqa: F401
