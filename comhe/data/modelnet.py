@@ -40,9 +40,12 @@ from .points import AUGMENTATIONS, PointCloudLoader, eval_point_batches
 FOLDER = "modelnet40_ply_hdf5_2048"
 ARCHIVE = FOLDER + ".zip"
 URL = "https://shapenet.cs.stanford.edu/media/modelnet40_ply_hdf5_2048.zip"  # the official code's download link
-MD5 = {"ply_data_train0.h5": "3176385ffc31a7b6b5af22191fd920d1", "ply_data_train1.h5": "e3f613fb500559403b34925112754dc4",
-       "ply_data_train2.h5": "0c56e233a090ff87c3049d4ce08e7d8b", "ply_data_train3.h5": "9d2af465adfa33a3285c369f3ca66c45",
-       "ply_data_train4.h5": "dff38de489b2c41bfaeded86c2208984", "ply_data_test0.h5": "e9732e6d83b09e79e9a7617df058adee",
+MD5 = {"ply_data_train0.h5": "3176385ffc31a7b6b5af22191fd920d1",
+       "ply_data_train1.h5": "e3f613fb500559403b34925112754dc4",
+       "ply_data_train2.h5": "0c56e233a090ff87c3049d4ce08e7d8b",
+       "ply_data_train3.h5": "9d2af465adfa33a3285c369f3ca66c45",
+       "ply_data_train4.h5": "dff38de489b2c41bfaeded86c2208984",
+       "ply_data_test0.h5": "e9732e6d83b09e79e9a7617df058adee",
        "ply_data_test1.h5": "aba4b12a67c34391cc3c015a6f08ed4b"}
 NUM_CLASSES = 40
 EXTRA = "pip install 'comhe[points]'"
@@ -160,7 +163,8 @@ def download(url: str, root: Path) -> Path:
     except (urllib.error.URLError, OSError, ValueError) as err:
         partial.unlink(missing_ok=True)
         raise DatasetUnavailable(f"could not download {url} ({type(err).__name__}: {err}); put {ARCHIVE} or the "
-                                 f"extracted {FOLDER}/ folder in {root} (COMHE_MODELNET40_URL names a mirror)") from None
+                                 f"extracted {FOLDER}/ folder in {root} (COMHE_MODELNET40_URL names a mirror)") \
+            from None
     return target
 
 

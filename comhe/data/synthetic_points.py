@@ -8,10 +8,10 @@ profile run the real reader (``modelnet.py``) end to end.
 ``SYNTHETIC_MD5.json`` (with the parameters), and the reader checks the files against that record, so a corrupted
 synthetic file fails like a corrupted real one.
 
-Shapes: class ``k`` is the surface of an ellipsoid with class semi-axes (``[0.25, 1]`` each, drawn from the seed),
-each shape's axes jittered by 5 % and its points by Gaussian noise (sigma 0.01), turned about the up axis (y) by a
-random angle, centred and scaled into the unit sphere (as the release is normalised). The up-axis extent and the
-radial profile survive the training rotations, so a PointNet separates the classes.
+Shapes: class ``k`` is the surface of an ellipsoid with semi-axes ``(1, b_k, r_k)`` (x, up, z), the class ratios
+spread over ``[0.3, 1]^2`` from a seeded start, each shape's axes jittered by 5 % and its points by Gaussian noise
+(sigma 0.01), turned about the up axis (y) by a random angle, centred and scaled into the unit sphere (as the release
+is normalised). The ratios survive the training rotations, so a PointNet separates a few classes quickly.
 """
 from __future__ import annotations
 
@@ -37,7 +37,13 @@ def make_clouds(num_classes: int, per_class: int, seed: int = 0, split: str = "t
     """Clouds float32 ``[num_classes * per_class, points, 3]`` in the unit sphere and labels int64, shuffled.
 
     Class axes depend on ``seed`` only (train and test share them); the shapes differ by ``split``."""
-    axes = np.random.default_rng([seed, 0]).uniform(0.25, 1.0, (num_classes, 3))           # [K, 3]
+    # Semi-axes (1, b_k, r_k): the up axis b_k and the second horizontal axis r_k (the two horizontal axes swap under
+    # the training rotations, so only their ratio tells classes apart), spread over [0.3, 1]^2 by golden-ratio and
+    # sqrt(2) sequences from a seeded start: near classes differ by ~0.7 / sqrt(K) in one of the ratios.
+    start = np.random.default_rng([seed, 0]).uniform(0, 1, 2)
+    k = np.arange(num_classes)
+    spread = 0.3 + 0.7 * np.stack([(start[0] + k * 0.6180339887) % 1, (start[1] + k * 0.4142135624) % 1], 1)
+    axes = np.concatenate([np.ones((num_classes, 1)), spread], 1)                           # [K, 3]
     rng = np.random.default_rng([seed, {"train": 1, "test": 2}[split]])
     labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))                  # [S]
     direction = rng.normal(size=(len(labels), points, 3))

@@ -4,9 +4,9 @@ and ball query written in batched torch instead of the official CUDA extensions 
 
 Input ``x [B, 3, N]`` (xyz only, 1,024 points), logits ``[B, num_classes]``. Module names (width t = 1)::
 
-    sa1         512 centroids (FPS), ball radius 0.2, 32 neighbours, shared MLP 3 -> 64 -> 64 -> 128, max    [B, 512, 128]
-    sa2         128 centroids, radius 0.4, 64 neighbours, MLP (3 + 128) -> 128 -> 128 -> 256, max            [B, 128, 256]
-    sa3         group all: MLP (3 + 256) -> 256 -> 512 -> 1024, max                                           [B, 1024]
+    sa1         512 centroids (FPS), ball radius 0.2, 32 neighbours, MLP 3 -> 64 -> 64 -> 128, max     [B, 512, 128]
+    sa2         128 centroids, radius 0.4, 64 neighbours, MLP (3 + 128) -> 128 -> 128 -> 256, max     [B, 128, 256]
+    sa3         group all: MLP (3 + 256) -> 256 -> 512 -> 1024, max                                    [B, 1024]
     fc1, fc2    1024 -> 512 -> 256, each BN, ReLU, dropout 0.5 (official keep_prob 0.5)
     classifier  256 -> num_classes
 

@@ -97,9 +97,9 @@ def test_every_experiment_plans(name, profile):
     datasets = {c.cfg["dataset"] for c in cells}
     if profile == "smoke":
         assert max(c.cfg["iterations"] for c in cells) <= 6 and not exp.keep_weights
-        assert datasets <= {"synthetic", "synthetic_imagenet", "fashion_mnist"}
+        assert datasets <= {"synthetic", "synthetic_imagenet", "fashion_mnist"} | {"synthetic_modelnet40"}
     else:
-        assert not datasets & {"synthetic", "synthetic_imagenet"}
+        assert not datasets & ({"synthetic", "synthetic_imagenet"} | {"synthetic_modelnet40"})
     if profile == "paper" and name != "demo":
         assert exp.seeds == [0, 1, 2]
         assert exp.references and exp.path.read_text().startswith("# ")   # opens with source, command, cost
