@@ -199,6 +199,23 @@ def test_layer_plan_of_every_model_and_regulariser(model_name, reg_name):
             regularizers.build(reg_name, models.build("pointnet", 40), exclude=TRANSFORMS)  # PN has no T-Nets
 
 
+@pytest.mark.parametrize("model_name", POINT_MODELS)
+def test_every_registered_regulariser_builds_on_the_point_models_without_the_transforms(model_name):
+    torch.manual_seed(0)
+    model = models.build(model_name, 40, width=0.25)   # the layout of width 1 at a CPU-friendly size
+    kept = {layer.name for layer in find_layers(model)} - {"input_transform.transform", "feature_transform.transform"}
+    options = {"classifier": "classifier", **({"exclude": TRANSFORMS} if model_name == "pointnet_tnet" else {})}
+    for name in regularizers.names():
+        if name == "none":
+            continue
+        reg = regularizers.build(name, model, **options)
+        names = {layer.name for layer in reg.layers}
+        assert names and names <= kept, name
+        assert all(layer.role == "output" for layer in reg.layers if layer.name == "classifier"), name
+        loss, _ = reg(lr=0.001, stats=False)
+        assert torch.isfinite(loss), name
+
+
 @pytest.mark.parametrize("name, options, points, augment", [
     ("pointnet", {}, 64, True), ("pointnet_tnet", {}, 64, True), ("pointnet2_ssg", {"centroids": 32}, 128, False)])
 def test_a_few_steps_lower_the_loss_on_a_separable_set(tmp_path, name, options, points, augment):
