@@ -209,15 +209,16 @@ def neurons(weight: Tensor) -> Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def layer_energies(model: torch.nn.Module, s: Power = 2, eps: float = 1e-4) -> Dict[str, float]:
+def layer_energies(model: torch.nn.Module, s: Power = 2, eps: float = 1e-4, exclude=None) -> Dict[str, float]:
     """Monitor for the dynamics figure: the unprojected, full-space, pair-mean energy (default s=2) of every
     regularisable layer of ``model`` (``layers.find_layers``), as ``{layer name: float}``, whatever regulariser (if
-    any) trains the model. One batched Gram per group of same-shape layers; no gradient."""
+    any) trains the model. One batched Gram per group of same-shape layers; no gradient. ``exclude``: module-name
+    patterns of layers to leave out, as the regularisers' (e.g. PointNet's zero-initialised T-Net transforms)."""
     from .layers import find_layers, group_by_shape, stack_neurons  # layers does not import energy; keep it so
 
     out: Dict[str, float] = {}
     with torch.no_grad():
-        for group in group_by_shape(find_layers(model)):
+        for group in group_by_shape(find_layers(model, exclude=exclude)):
             w = stack_neurons(group).float()
             values = energy_from_gram(w @ w.transpose(1, 2), s=s, eps=eps).cpu().tolist()
             out.update({layer.name: v for layer, v in zip(group, values)})

@@ -129,8 +129,11 @@ class LearnedProjection(Projection):
     direction = -1.0  # -1: descend the objective (angle); +1: ascend it (adversarial)
 
     def __init__(self, shapes: Sequence[GroupShape], proj_dim: int = 30, num_proj: int = 1, iters: int = 1,
-                 lr: float = 0.1, weight_decay: float = 5e-7, eps: float = 1e-4, **_ignored):
+                 lr: float = 0.1, weight_decay: float = 5e-7, eps: float = 1e-4, fixed_lr: bool = False, **_ignored):
         super().__init__(shapes, proj_dim, num_proj)
+        # fixed_lr: the inner steps and the look-ahead use ``lr`` whatever the network's rate (under Adam at 1e-3
+        # the official "network's current LR" would barely move P); default: the network's, as the official code.
+        self.fixed_lr = bool(fixed_lr)
         if not isinstance(iters, int) or iters < 0:
             raise ValueError(f"proj_iters must be an integer >= 0, got {iters!r}")
         self.iters, self.lr, self.weight_decay, self.eps = iters, float(lr), float(weight_decay), eps
@@ -156,7 +159,7 @@ class LearnedProjection(Projection):
             p.mul_(1.0 - lr * self.weight_decay).add_(g, alpha=self.direction * lr)
 
     def forward(self, stacks: List[Tensor], lr: Optional[float] = None) -> List[Tensor]:
-        lr = self.lr if lr is None else float(lr)
+        lr = self.lr if lr is None or self.fixed_lr else float(lr)
         if self.training:
             for _ in range(self.iters):
                 self.inner_step(stacks, lr)

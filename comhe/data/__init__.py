@@ -11,6 +11,9 @@ module              what
 ``augment.py``      the official CIFAR augmentation, batched on the device
 ``streams.py``      resumable batch streams: ``TensorLoader`` (data on the device), ``LoaderStream``
 ``synthetic.py``    writers of small learnable datasets in the real on-disk formats
+``modelnet.py``     ``modelnet40``, ``synthetic_modelnet40`` (HDF5 point clouds; h5py: the ``points`` extra)
+``points.py``       point-cloud batches and the PointNet / PointNet++ augmentations on the device
+``synthetic_points.py`` point clouds written in the ModelNet-40 HDF5 layout
 ``archives.py``     safe archive extraction
 ==================  ===============================================================================
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from . import cifar, fashion_mnist, imagenet  # noqa: F401  (each registers its datasets)
 from . import planetoid, synthetic_planetoid  # noqa: F401  (graphs for node classification)
+from . import modelnet  # noqa: F401  (modelnet40, synthetic_modelnet40)
 from .bundle import (DATASETS, DataBundle, DatasetUnavailable, build, data_root, declared_num_classes,  # noqa: F401
                      locate, offline, option_defaults, removed_if_failed, takes_workers, tensor_bundle)
 from .bundle import NODE_DATASETS, probe, task  # noqa: F401

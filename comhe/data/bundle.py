@@ -11,6 +11,8 @@ name                   kind    source
 ``imagenet``           loader  ``root/imagenet/{train,val}/<class>/*.JPEG`` (torchvision ``ImageNet`` if meta.bin)
 ``synthetic``          tensor  tiny CIFAR written by ``data/synthetic.py`` and read by torchvision's CIFAR code
 ``synthetic_imagenet`` loader  tiny JPEG ImageFolder written by ``data/synthetic.py``
+``modelnet40``         points  the HDF5 release ``modelnet40_ply_hdf5_2048`` (h5py; download + md5 check)
+``synthetic_modelnet40`` points  small clouds in that layout written by ``data/synthetic_points.py``
 =====================  ======  ==============================================================================
 
 "tensor" bundles hold the whole dataset on ``device`` as uint8 ``[N, C, H, W]`` and stream batches with
@@ -18,6 +20,7 @@ name                   kind    source
 ``DataLoader``. Both kinds give ``train_loader(batch_size, seed, rank=0, world_size=1, augment=True)`` and
 ``test_loader(batch_size, rank=0, world_size=1)`` yielding ``(x float32 [B, C, H, W], y int64 [B])``. Any failure
 to find or verify data raises ``DatasetUnavailable`` with a one-line message saying which file to put where.
+"points" bundles (``modelnet.py``) hold float32 clouds ``[N, 3, P]`` on ``device`` and yield ``x [B, 3, P]``.
 
 Nothing is written where the user did not ask (``locate``): a dataset that is there is read in place; one that is
 downloaded or written on use (synthetic) goes into the data root, which is created only when its parent exists (a
@@ -64,7 +67,7 @@ class DataBundle:
     test_loader: Callable[..., Iterable]    # (batch_size, rank=0, world_size=1): in order, unaugmented; batch i
                                             # goes to rank i % world_size; iterate once per call
     classes: Optional[List[str]] = None
-    train_images: Optional[Tensor] = None   # uint8 [N, C, H, W] on device
+    train_images: Optional[Tensor] = None   # uint8 [N, C, H, W] on device (kind "points": float32 [N, 3, P])
     train_labels: Optional[Tensor] = None   # int64 [N]
     test_images: Optional[Tensor] = None
     test_labels: Optional[Tensor] = None
@@ -82,6 +85,8 @@ def takes_workers(name: str) -> bool:
     return "workers" in inspect.signature(DATASETS.get(name)).parameters
 
 
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
+NUM_CLASSES["modelnet40"] = 40
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10,
                "cora": 7, "citeseer": 6, "pubmed": 3}
 # Datasets of graphs for node classification (``planetoid.py``): ``comhe.train.node_engine`` trains them.

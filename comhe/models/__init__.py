@@ -16,4 +16,5 @@ from __future__ import annotations
 
 from . import plain_cnn, resnet_cifar, resnet_imagenet  # noqa: F401  (each registers its constructors)
 from . import gcn  # noqa: F401  (graphs: features [N, F] and A_hat [N, N] -> [N, K])
+from . import pointnet, pointnet2  # noqa: F401  (pointnet, pointnet_tnet; pointnet2_ssg)
 from .factory import MODELS, build, names, option_defaults  # noqa: F401

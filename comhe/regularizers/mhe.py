@@ -191,14 +191,15 @@ class _LearnedCoMHE(EnergyRegularizer):
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
                  exclude: Optional[Sequence[str]] = None, proj_dim: int = 30, num_proj: int = 1,
-                 proj_iters: int = 1, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7):
+                 proj_iters: int = 1, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7,
+                 proj_lr_fixed: bool = False):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
                          eps=eps, classifier=classifier, exclude=exclude, proj_dim=proj_dim, num_proj=num_proj,
-                         iters=proj_iters, lr=proj_lr, weight_decay=proj_weight_decay)
+                         iters=proj_iters, lr=proj_lr, weight_decay=proj_weight_decay, fixed_lr=proj_lr_fixed)
 
 
 class AngleProjectionCoMHE(_LearnedCoMHE):
-    """``proj_lr`` is used only when ``reg()`` is called without ``lr``."""
+    """``proj_lr`` is used only when ``reg()`` is called without ``lr``, or always with ``proj_lr_fixed=True``."""
 
     projection = "angle"
 
@@ -209,10 +210,12 @@ class AdversarialProjectionCoMHE(_LearnedCoMHE):
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
                  exclude: Optional[Sequence[str]] = None, proj_dim: int = 30, num_proj: int = 1,
-                 proj_iters: int = 10, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7):
+                 proj_iters: int = 10, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7,
+                 proj_lr_fixed: bool = False):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
                          eps=eps, classifier=classifier, exclude=exclude, proj_dim=proj_dim, num_proj=num_proj,
-                         proj_iters=proj_iters, proj_lr=proj_lr, proj_weight_decay=proj_weight_decay)
+                         proj_iters=proj_iters, proj_lr=proj_lr, proj_weight_decay=proj_weight_decay,
+                         proj_lr_fixed=proj_lr_fixed)
 
 
 class GroupCoMHE(EnergyRegularizer):

@@ -38,6 +38,16 @@ DEFAULTS: Dict[str, Any] = {
     "augment": True,            # official CIFAR: symmetric pad 4, random crop, flip
     "early_stopping": 0,        # node classification: stop when the val loss exceeds the mean of this many epochs
                                 # before it (tkipf/gcn: 10); 0 = off. An iteration is then an epoch
+    # --- optimiser and schedules by name (train/optim.py); the defaults are the CIFAR protocol above
+    "optimizer": "sgd",         # sgd (momentum, nesterov) | adam (betas 0.9/0.999: PointNet, PointNet++)
+    "lr_schedule": "milestones",  # milestones | staircase: max(lr_min, lr * lr_decay ** (i // lr_decay_every))
+    "lr_decay_every": 0,        # staircase period in iterations (PointNet: 200,000 samples / 32 = 6,250)
+    "lr_min": 0.0,              # floor of the staircase LR (PointNet: 1e-5)
+    "bn_schedule": "constant",  # constant: the model's BN momentum | staircase at lr_decay_every (PointNet)
+    "bn_momentum_start": 0.5,   # staircase BN momentum (PyTorch's, = 1 - TF decay): start, factor, floor
+    "bn_momentum_decay": 0.5,
+    "bn_momentum_min": 0.01,
+    "monitor_exclude": [],      # fnmatch patterns of layers the energy monitor skips (metrics.csv energy/*)
     # --- evaluation and records
     "eval_every": 500,          # iterations between full test-set evaluations (and metrics rows)
     "eval_batch_size": 1000,
@@ -58,10 +68,13 @@ DEFAULTS: Dict[str, Any] = {
 
 # Keys added to DEFAULTS after run names were pinned (tests/suite/golden/run_names.json). At their default they are
 # left out of a run's hash (``records.config_hash``), so adding a key never renames, and so never retrains, a run.
-ADDED_KEYS: tuple = ("early_stopping", "tensorboard")
+ADDED_KEYS: tuple = ("early_stopping", "tensorboard",
+                     "optimizer", "lr_schedule", "lr_decay_every", "lr_min", "bn_schedule", "bn_momentum_start",
+                     "bn_momentum_decay", "bn_momentum_min", "monitor_exclude")  # the last nine: train/optim.py
 # Keys of the minibatch image loop that a full-batch node run (comhe/train/node_engine.py: Adam on the whole graph)
 # has no use for: set away from their defaults for a graph dataset, they are refused rather than ignored.
-IMAGE_ONLY = ("batch_size", "momentum", "nesterov", "wd_exclude_bn", "augment", "compile", "cuda_graph")
+IMAGE_ONLY = ("batch_size", "momentum", "nesterov", "wd_exclude_bn", "augment", "compile", "cuda_graph",
+              "optimizer", "lr_schedule", "lr_decay_every", "lr_min", "bn_schedule", "monitor_exclude")
 
 CHOICES = {"loss": ("official", "cross_entropy"), "amp": ("auto", "off", "bf16"),
            "channels_last": ("auto", True, False)}
@@ -115,9 +128,10 @@ def _check_buildable(cfg: Mapping[str, Any]) -> None:
     once it is loaded; the model's defaults stand in for them here."""
     import torch
     from .. import data, models, regularizers
+    from ..layers import find_layers
     num_classes = data.declared_num_classes(cfg["dataset"], cfg["data"])
     model_key = repr((cfg["model"], sorted(cfg["model_options"].items()), num_classes))
-    key = model_key + repr((cfg["regularizer"], sorted(cfg["reg"].items())))
+    key = model_key + repr((cfg["regularizer"], sorted(cfg["reg"].items()), cfg["monitor_exclude"]))
     if key in _BUILDABLE:
         return
     what = f"model {cfg['model']!r}"
@@ -127,6 +141,8 @@ def _check_buildable(cfg: Mapping[str, Any]) -> None:
                 _CHECK_MODELS[model_key] = models.build(cfg["model"], num_classes, **cfg["model_options"])
             what = f"regularizer {cfg['regularizer']!r}"
             regularizers.build(cfg["regularizer"], _CHECK_MODELS[model_key], **cfg["reg"])
+            what = "monitor_exclude"
+            find_layers(_CHECK_MODELS[model_key], exclude=cfg["monitor_exclude"])
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{what}: {err}") from None
     _BUILDABLE.add(key)
@@ -211,6 +227,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {cfg[key]!r}")
+    from . import optim
+    try:
+        optim.check(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for section in OPEN_SECTIONS:
         try:
             valid = section_defaults(cfg, section)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from . import checkpoint, distributed, tracking
+from . import checkpoint, distributed, optim, tracking
 from .progress import ProgressRecord
 from ..energy import layer_energies
 from ..layers import find_layers
@@ -33,7 +33,7 @@ from .setup import Setup, prepare  # noqa: F401  (engine.prepare is the public n
 
 
 def lr_at(cfg: Mapping[str, Any], iteration: int) -> float:
-    return cfg["lr"] * cfg["lr_decay"] ** sum(iteration >= m for m in cfg["milestones"])
+    return optim.lr_at(cfg, iteration)  # cfg["lr_schedule"]: milestones (above) or staircase (optim.py)
 
 
 def evaluate(s: Setup) -> float:
@@ -114,8 +114,8 @@ def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_
                 elapsed: float) -> Dict[str, Any]:
     sums = {k: v.item() for k, v in window.items()}
     steps = max(sums["steps"], 1.0)
-    energies = layer_energies(s.model)
-    roles = {layer.name: layer.role for layer in find_layers(s.model)}
+    energies = layer_energies(s.model, exclude=s.cfg.get("monitor_exclude"))
+    roles = {layer.name: layer.role for layer in find_layers(s.model, exclude=s.cfg.get("monitor_exclude"))}
     row = {"iteration": iteration, "epoch": iteration * s.cfg["batch_size"] / s.bundle.num_train,
            "lr": lr_at(s.cfg, max(iteration - 1, 0)),
            "train_loss": sums["loss"] / steps if sums["steps"] else float("nan"),
@@ -238,6 +238,8 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     with _StopRequest() as stop:
         while iteration < cfg["iterations"]:
             x, y = _to_device(*s.loader.next_batch(), s)
+            if s.bn_momentum is not None:
+                s.bn_momentum(iteration)
             loss, correct, reg_loss = s.step(x, y, lr_at(cfg, iteration))
             iteration += 1
             window["loss"] += loss

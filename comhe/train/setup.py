@@ -7,7 +7,6 @@ SyncBatchNorm (CUDA only) around the model, the regulariser on the unwrapped mod
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import data, models, regularizers
-from . import distributed, steps
+from . import distributed, optim, steps
 from .losses import LOSSES
 from .seeding import seed_everything
 
@@ -35,6 +34,8 @@ class Setup:
     amp_dtype: Optional[torch.dtype]
     channels_last: bool
     step: Any = None          # steps.EagerStep or steps.GraphStep: step(x, y, lr) -> (loss, correct, reg_loss)
+    aux_loss: Optional[Callable[[], torch.Tensor]] = None  # the model's own loss term of its last forward, if any
+    bn_momentum: Optional[Callable[[int], Any]] = None     # sets the scheduled BN momentum (optim.bn_schedule_for)
 
 
 def resolve_device(cfg: Mapping[str, Any], ctx: distributed.DistContext) -> torch.device:
@@ -88,6 +89,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
         options.setdefault("image_size", bundle.image_size)
     model = models.build(cfg["model"], bundle.num_classes, **options)
     channels_last = device.type == "cuda" if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
+    channels_last = channels_last and bundle.kind != "points"  # a memory format of 4-d images; points are [B, 3, N]
     if ctx.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -101,10 +103,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
     if cfg["compile"]:
         net = torch.compile(net)
         reg.compile()  # fuses the energy's elementwise chain
-    sgd_options = {"lr": cfg["lr"], "momentum": cfg["momentum"], "nesterov": cfg["nesterov"]}
-    if device.type == "cuda":
-        sgd_options["fused" if "fused" in inspect.signature(torch.optim.SGD).parameters else "foreach"] = True
-    optimizer = torch.optim.SGD(param_groups(model, cfg["weight_decay"], cfg["wd_exclude_bn"]), **sgd_options)
+    optimizer = optim.build_optimizer(cfg, param_groups(model, cfg["weight_decay"], cfg["wd_exclude_bn"]), device)
     loader = bundle.train_loader(cfg["batch_size"] // ctx.world_size, seed=cfg["seed"], rank=ctx.rank,
                                  world_size=ctx.world_size, augment=cfg["augment"])
     amp = cfg["amp"] if cfg["amp"] != "auto" else ("bf16" if device.type == "cuda" else "off")
@@ -115,5 +114,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
 
     setup = Setup(cfg, device, ctx, bundle, model, net, reg, optimizer, loader, loss_fn,
                   torch.bfloat16 if amp == "bf16" else None, channels_last)
+    setup.aux_loss = getattr(model, "auxiliary_loss", None)  # e.g. PointNet's T-Net orthogonality term
+    setup.bn_momentum = optim.bn_schedule_for(model, cfg)
     setup.step = steps.build(setup, "cuda_graph" if cfg["cuda_graph"] else "eager")
     return setup

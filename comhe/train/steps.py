@@ -39,6 +39,8 @@ class EagerStep:
                             cache_enabled=False):
             logits = s.net(x)
             task = s.loss_fn(logits, y)
+        if s.aux_loss is not None:  # the model's own term (PointNet's T-Net orthogonality), in float32
+            task = task + s.aux_loss()
         reg_loss, _ = s.reg(lr=lr, stats=False)
         s.optimizer.zero_grad(set_to_none=True)
         (task + reg_loss).backward()

@@ -22,7 +22,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-IMAGE_MODELS = [n for n in models.names() if n != "gcn"]  # the GCN takes a graph: tests/models/test_gcn.py
+POINT_MODELS = {"pointnet", "pointnet_tnet", "pointnet2_ssg"}  # clouds [B, 3, N]: tests/models/test_pointnet.py
+IMAGE_MODELS = [n for n in models.names() if n not in POINT_MODELS | {"gcn"}]  # the GCN: tests/models/test_gcn.py
 
 
 @pytest.fixture(scope="module", params=IMAGE_MODELS)
@@ -32,7 +33,7 @@ def built(request):
 
 
 def test_registry_lists_every_family():
-    assert set(models.names()) == {"gcn", "cnn6", "cnn9", "cnn15", "resnet20", "resnet32", "resnet56", "resnet110",
+    assert set(IMAGE_MODELS) == {"cnn6", "cnn9", "cnn15", "resnet20", "resnet32", "resnet56", "resnet110",
                                    "resnet18", "resnet34", "resnet50"}
 
 
@@ -51,6 +52,10 @@ def test_input_layer_first_and_classifier_last(built):
     assert layers[0].role == "input" and layers[0].weight is first_conv.weight
     assert [layer.role for layer in layers].count("output") == 1
     assert layers[-1].role == "output" and layers[-1].weight.shape[0] == NUM_CLASSES
+
+
+def test_the_point_cloud_models_are_registered():
+    assert POINT_MODELS <= set(models.names())
 
 
 def test_option_defaults():
