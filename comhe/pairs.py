@@ -118,6 +118,9 @@ class PairPlan(nn.Module):
     def num_unique(self) -> int:
         return self.num_full + self.num_half + self.num_antipodal
 
+    def extra_repr(self) -> str:
+        return f"{len(self.blocks)} Grams, {self.num_unique} pairs, {self.num_entries} terms"
+
     def coefficients(self) -> Tensor:
         """``coef`` ``[X]``: each entry's weight in the loss (its block's weight / pairs, x2 for half-space pairs)."""
         return torch.repeat_interleave(self.segment_coef, self.segment_length, output_size=self.num_entries)

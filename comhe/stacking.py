@@ -215,6 +215,10 @@ class Stacker(nn.Module):
             self._index_cache[key] = (torch.cat(parts).to(device=device, dtype=_index_type(self.total)), shapes)
         return self._index_cache[key]
 
+    def extra_repr(self) -> str:
+        return ", ".join(f"{'projected ' if b.projected else ''}[{len(b.layers)}, {b.num_neurons}, {b.fan_in}]"
+                         for b in self.buckets)
+
     def _apply(self, fn, recurse=True):  # a move (reg.to(device)) invalidates the cached indices
         self._index_cache = {}
         return super()._apply(fn, recurse)

@@ -57,6 +57,7 @@ class Term:
     weight: float
     copies: int = 1
     dim: int = 0
+    why: str = ""      # why a CoMHE hidden layer is not projected
 
 
 def _own_code(fn):
@@ -107,9 +108,12 @@ class EnergyRegularizer(Regularizer):
     def _term(self, layer: Layer, proj) -> Term:
         if layer.role == "output":
             return Term("full", self.lambda_output)
-        if proj is not None and not unprojected(layer, proj.applies_to(layer.fan_in)):
+        if proj is None:
+            return Term("half" if self.hidden_half_space else "full", self.lambda_hidden)
+        if not unprojected(layer, proj.applies_to(layer.fan_in)):
             return Term("projected", self.lambda_hidden, proj.copies(layer.fan_in), proj.dim(layer.fan_in))
-        return Term("half" if proj is not None or self.hidden_half_space else "full", self.lambda_hidden)
+        why = "3 input channels" if layer.is_rgb_conv else f"fan-in {layer.fan_in} not compressed"
+        return Term("half", self.lambda_hidden, why=why)
 
     def compile(self, **options) -> "EnergyRegularizer":
         """``torch.compile`` everything from the stacked weights to the loss, as one graph with its own cache."""
@@ -144,6 +148,8 @@ class EnergyRegularizer(Regularizer):
         out = []
         for term in self.terms:
             words = {"full": "full-space", "half": "half-space"}.get(term.kind)
+            if term.why:
+                words += f" (unprojected: {term.why})"
             if words is None:
                 words = f"half-space of {term.copies} projections to {term.dim}"
                 if self.projection == "group":

@@ -8,6 +8,7 @@ from torch import nn
 from comhe import projections, regularizers
 from comhe.energy import hyperspherical_energy, neurons
 from comhe.layers import find_layers
+from comhe.stacking import flat_view, memory_positions
 
 ENERGY_NAMES = ["mhe", "hs_mhe", "rp_comhe", "ap_comhe", "adv_comhe", "g_comhe"]
 
@@ -44,13 +45,17 @@ class Recorder:
         monkeypatch.setattr(projections, "project_columns", record)
 
     def matrices_for(self, weight):
-        """The ``[C, k, d]`` matrices of the last call that projected this weight's neurons (zero-padded rows)."""
-        target = neurons(weight.detach())
+        """The ``[C, k, d]`` matrices of the last call that projected this weight's neurons (zero-padded rows),
+        columns in the logical order of the weight's coordinates (a channels_last weight is projected in memory
+        order: ``stacking.flat_view``)."""
+        flat, order = flat_view(weight.detach())
+        target = flat.view(weight.shape[0], -1)
+        positions = memory_positions(weight.shape, order)
         for p, w in reversed(self.calls):
             for i in range(w.shape[0]):
                 n = target.shape[0]
                 if w[i].shape[1] == target.shape[1] and torch.equal(w[i][:n], target) and not w[i][n:].any():
-                    return p[i]
+                    return p[i][..., positions]
         return None
 
 
