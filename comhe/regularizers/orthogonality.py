@@ -21,7 +21,7 @@ constant (Bansal et al. decay theirs). Default layers: hidden only (the classifi
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from comhe import regularizers
 from comhe.bench.regularizers import OpCounter
