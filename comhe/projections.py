@@ -156,15 +156,16 @@ class RandomProjection(Projection):
         chunk = {i: self.num_proj * self.proj_dim * stacker.layers[i].fan_in for i in order}
         start = {i: sum(chunk[j] for j in order[:n]) for n, i in enumerate(order)}
         self.draw_size = sum(chunk.values())
-        self._runs: List[Tuple[int, Optional[Tensor]]] = []  # per bucket: start, or a gather index if not a run
-        for b in self.buckets:
+        self._runs: List[Tuple[int, Optional[str]]] = []  # per bucket: start, or the buffer of its gather index
+        for n_bucket, b in enumerate(self.buckets):
             mine = stacker.buckets[b].layers
             first = start[mine[0]]
             if all(start[i] == first + n * chunk[mine[0]] for n, i in enumerate(mine)):
                 self._runs.append((first, None))
             else:
                 index = torch.cat([start[i] + torch.arange(chunk[i]) for i in mine]).to(device)
-                self._runs.append((first, index))
+                self.register_buffer(f"draw_index{n_bucket}", index, persistent=False)
+                self._runs.append((first, f"draw_index{n_bucket}"))
 
     def generator(self, device: torch.device) -> torch.Generator:
         gen = self._generator
@@ -184,7 +185,7 @@ class RandomProjection(Projection):
         for b, (first, index) in zip(self.buckets, self._runs):
             layers, _, d = self.stacker.buckets[b].shape
             values = flat.narrow(0, first, layers * self.num_proj * self.proj_dim * d) if index is None else \
-                flat.index_select(0, index.to(device))
+                flat.index_select(0, getattr(self, index))
             mats.append(values.view(layers, self.num_proj, self.proj_dim, d))
         return mats
 

@@ -32,7 +32,6 @@ but the ``cat``, the random draw and the AP / Adv inner steps (``torch.compile``
 """
 from __future__ import annotations
 
-import functools
 import types
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -64,6 +63,13 @@ def _own_code(fn):
     """``fn`` with a code object of its own. Dynamo keeps its compiled graphs per code object, at most 8
     (``recompile_limit``) and then silently runs eagerly: every regulariser instance gets its own cache."""
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _loss_of(reg: "EnergyRegularizer"):
+    """The function ``compile`` compiles: the flat stack (and the call's projection matrices) to the loss."""
+    def loss(flat: Tensor, orders, mats):
+        return reg._loss(Stack(reg.stacker, flat, orders), mats, fused=False)
+    return loss
 
 
 class EnergyRegularizer(Regularizer):
@@ -117,8 +123,7 @@ class EnergyRegularizer(Regularizer):
 
     def compile(self, **options) -> "EnergyRegularizer":
         """``torch.compile`` everything from the stacked weights to the loss, as one graph with its own cache."""
-        body = functools.partial(_own_code(EnergyRegularizer._loss_from_flat), self)
-        self._compiled = torch.compile(body, dynamic=False, **options)
+        self._compiled = torch.compile(_own_code(_loss_of(self)), dynamic=False, **options)
         return self
 
     def compute(self, lr: Optional[float]):
@@ -129,9 +134,6 @@ class EnergyRegularizer(Regularizer):
                 self.proj.prepare(stack)  # gather indices: built outside the graph, once per memory layout
             return self._compiled(stack.flat, stack.orders, mats)
         return self._loss(stack, mats, fused=True)
-
-    def _loss_from_flat(self, flat: Tensor, orders, mats):
-        return self._loss(Stack(self.stacker, flat, orders), mats, fused=False)
 
     def _loss(self, stack: Stack, mats: Sequence[Optional[Tensor]], fused: bool) -> Tuple[Tensor, Tensor]:
         projected = iter(self.proj.rows(stack, mats)) if self.proj is not None else iter(())
