@@ -119,3 +119,26 @@ def test_runner_takes_jobs_and_step_modes_measured_on_this_card(tmp_path, monkey
     assert run.main(args + ["--nproc", "2"]) == 0 and seen == {"jobs": 1, "modes": {"cnn9": False}}  # DDP: no graphs
     (bench / "best_jobs.json").write_text(json.dumps({**measured, "device": "NVIDIA A100-SXM4-40GB"}))
     assert run.main(args) == 0 and seen == {"jobs": 4, "modes": {"cnn9": False}}
+
+
+def test_bench_gpu_times_batches_as_the_engine_feeds_them():
+    """channels_last batches where the engine uses them (bench-gpu timed NCHW batches the engine never saw)."""
+    bundle = gpu.synthetic_bundle(torch.device("cpu"), train=64, test=32)
+    s = gpu.make_setup("cnn9", "none", "eager", bundle, batch=16, self_test=True)
+    s.channels_last = True
+    layouts = []
+    s.step = lambda x, y, lr: layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+    gpu.time_steps(s, 3)
+    assert layouts == [True, True, True]
+
+
+def test_bench_gpu_gives_up_on_a_worker_that_never_gets_ready():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        start = time.time()
+        assert gpu._ready(proc, time.time() + 0.5) is False and time.time() - start < 5
+    finally:
+        proc.kill()
+        proc.wait()

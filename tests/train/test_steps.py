@@ -107,3 +107,38 @@ def test_ddp_drops_the_buffer_broadcast_beside_sync_batchnorm():
     from comhe.train import distributed
     assert distributed.ddp_options(torch.device("cuda", 1)) == {"device_ids": [1], "broadcast_buffers": False}
     assert distributed.ddp_options(torch.device("cpu")) == {"device_ids": None}  # per-rank BN: DDP broadcasts
+
+
+def test_capture_runs_in_thread_local_error_mode(tmp_path, monkeypatch):
+    """A capture in the default (global) mode is invalidated by CUDA calls from other threads, e.g. the
+    DataLoader's pin-memory thread; the step captures thread-locally. The CUDA graph API is faked: no GPU here."""
+    from types import SimpleNamespace
+    from comhe.train import steps
+    s = engine.prepare(cfg_for(tmp_path, regularizer="none", reg={}))
+    seen = {}
+
+    class FakeGraph:
+        def register_generator_state(self, gen):
+            pass
+
+        def pool(self):
+            return "pool"
+
+    class FakeCapture:
+        def __init__(self, graph, pool=None, **kwargs):
+            seen.update(kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", FakeCapture)
+    fake = SimpleNamespace(**{**vars(s), "device": torch.device("cuda")})
+    step = steps.GraphStep(fake)
+    fake.device = s.device  # the captured body runs on the CPU tensors
+    step.static_x, step.static_y = s.loader.next_batch()
+    step._capture(0.02)
+    assert seen == {"capture_error_mode": "thread_local"} and 0.02 in step.graphs
