@@ -41,10 +41,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
-# Regulariser ATen op counts + CPU times, then CPU training throughput of the engine (BENCHMARKS.md, sections 1-2).
+# Regulariser ATen op counts + CPU times, CPU training throughput of the engine, the loop's host syncs and copies
+# (BENCHMARKS.md, sections 1-2 and 5).
 bench: $(STAMP)
 	$(PYTHON) -m comhe.bench.regularizers --out $(RESULTS)/bench/regularizers.csv
 	$(PYTHON) -m comhe.bench.throughput --out $(RESULTS)/bench/throughput_cpu.csv
+	$(PYTHON) -m comhe.bench.transfers
 
 # Not on the venv stamp: GPU machines may have no network to build it. The venv's python if there is one, else the
 # system python3 with torch installed. Writes $(RESULTS)/bench/best_jobs.json, the runner's default JOBS on this card.
