@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from comhe import projections, regularizers
+from comhe import projection_base, regularizers
 from comhe.energy import hyperspherical_energy, neurons
 from comhe.layers import find_layers
 from comhe.stacking import flat_view, memory_positions
@@ -37,12 +37,12 @@ class Recorder:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        original = projections.project_columns
+        original = projection_base.project_columns
 
         def record(p, w):
             self.calls.append((p.detach().clone(), w.detach().clone()))
             return original(p, w)
-        monkeypatch.setattr(projections, "project_columns", record)
+        monkeypatch.setattr(projection_base, "project_columns", record)  # what Projection.rows calls
 
     def matrices_for(self, weight):
         """The ``[C, k, d]`` matrices of the last call that projected this weight's neurons (zero-padded rows),
