@@ -42,6 +42,7 @@ class DeviceTags(TorchDispatchMode):
         self.tags = WeakTensorKeyDictionary()
         self.iteration = 0
         self.events: List[Tuple[int, str, str]] = []
+        self.python_factory = 0  # inside a torch.zeros / randn / ... called from Python (host unless device=)
 
     def tag(self, *tensors) -> None:
         for t in tree_leaves(tensors):
@@ -71,7 +72,10 @@ class DeviceTags(TorchDispatchMode):
             if host:
                 self.record("host operand", f"{name} with a host tensor of shape {tuple(host[0].shape)}")
         out = func(*args, **kwargs)
-        if device_inputs and name != "_local_scalar_dense":
+        # A factory torch calls itself (autograd's zero gradients, ...) takes the options of the tensors it serves,
+        # device ones in the loop; one called from Python is tagged by the patched factory (host unless device=).
+        internal_factory = not tensors and not self.python_factory
+        if (device_inputs and name != "_local_scalar_dense") or internal_factory:
             self.tag(out)
         return out
 
@@ -107,7 +111,11 @@ def host_transfers(tags: DeviceTags, device: torch.device):
 
     def factory(name):
         def make(*args, **kwargs):
-            out = factories[name](*args, **kwargs)
+            tags.python_factory += 1
+            try:
+                out = factories[name](*args, **kwargs)
+            finally:
+                tags.python_factory -= 1
             if kwargs.get("device") is not None:
                 if name in HOST_DATA and not tags.on_device(args[0] if args else kwargs.get("data")):
                     tags.record("pageable copy", f"torch.{name}(host data, device=...)")
