@@ -31,3 +31,9 @@ def test_the_harness_sees_a_sync_a_pageable_copy_and_a_host_operand():
         x.add_(1.0)                               # a scalar argument: nothing
     kinds = [kind for _, kind, _ in tags.events]
     assert kinds == ["host operand", "pageable copy", "sync", "sync"]
+
+
+def test_learned_and_group_projections_add_no_sync_or_copy(tmp_path):
+    for regularizer in ("ap_comhe", "g_comhe"):
+        tags = transfers.measure(transfers.small_cfg(regularizer, iterations=41), str(tmp_path / regularizer))
+        assert transfers.steady_state(tags, 41) == {"sync": 1}, regularizer  # the check at 40, nothing else
