@@ -47,11 +47,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
-# Regulariser ATen op counts + CPU times, then CPU training throughput of the engine (BENCHMARKS.md, sections 1-2),
-# then one GCN run per method on Cora at 1 thread (the GCN section).
+# Regulariser ATen op counts + CPU times, CPU training throughput of the engine, the loop's host syncs and copies
+# (BENCHMARKS.md, sections 1-2 and 5), one GCN run per method on Cora at 1 thread, PointNet step times.
 bench: $(STAMP)
 	$(PYTHON) -m comhe.bench.regularizers --out $(RESULTS)/bench/regularizers.csv
 	$(PYTHON) -m comhe.bench.throughput --out $(RESULTS)/bench/throughput_cpu.csv
+	$(PYTHON) -m comhe.bench.transfers
 	$(PYTHON) -m comhe.bench.gcn --out $(RESULTS)/bench/gcn_cpu.csv
 	$(PYTHON) -m comhe.bench.points --out $(RESULTS)/bench/points_cpu.csv
 

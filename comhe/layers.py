@@ -6,9 +6,13 @@ registration order, so no model needs to be written for this library.
 
 Roles (docs/reference.md §1):
 
-* ``output``: the classifier. The last ``nn.Linear`` or 1x1 convolution in registration order, unless the caller
-  names it. It always gets full-space, unprojected energy.
-* ``input``: the first regularisable layer (CNN-9's first conv).
+* ``output``: the classifier. The last ``nn.Linear`` or 1x1 convolution, unless the caller names it. It always gets
+  full-space, unprojected energy. "Last" is in the order of the forward pass when an example input is given
+  (``example_input=``: one forward in eval mode, no gradient), else in registration order; registration order can be
+  wrong (a model whose ``head`` is defined before its ``body``), so a warning says so when another candidate could
+  read the chosen one's output (its fan-in channels equal the chosen layer's neurons) or a non-candidate layer is
+  registered after it.
+* ``input``: the first regularisable layer (CNN-9's first conv), in the same order.
 * ``hidden``: everything else, shortcut 1x1 convolutions of residual networks included.
 
 Which hidden layers the CoMHE variants project is decided by ``unprojected`` below, not by the role: as in the
@@ -21,6 +25,7 @@ may touch; a pattern that matches no layer is an error, so a typo never silently
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -103,13 +108,53 @@ def excluded_names(names: Sequence[str], exclude: Patterns) -> List[str]:
     return out
 
 
-def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Patterns = None) -> List[Layer]:
-    """Every regularisable layer of ``model`` with its role, in registration order.
+def forward_order(model: nn.Module, example_input) -> List[str]:
+    """Names of the regularisable modules in the order one forward pass calls them (first call counts), for
+    ``example_input`` (a tensor, or a tuple of positional arguments). The forward runs in eval mode without
+    gradient, so no running statistic moves; every module's mode is restored."""
+    order: List[str] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, REGULARISABLE):
+            hooks.append(module.register_forward_pre_hook(
+                lambda mod, args, name=name: None if name in order else order.append(name)))
+    modes = {m: m.training for m in model.modules()}
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return order
+
+
+def _warn_if_ambiguous(found: "OrderedDict[str, nn.Module]", classifier: str) -> None:
+    chosen = found[classifier]
+    names = list(found)
+    readers = [n for n, m in found.items() if n != classifier and _is_classifier_candidate(m)
+               and m.weight.shape[1] == chosen.weight.shape[0]]
+    later = names[names.index(classifier) + 1:]
+    if readers or later:
+        why = (f"{', '.join(readers)} could read its output" if readers else
+               f"{', '.join(later)} {'is' if len(later) == 1 else 'are'} registered after it")
+        warnings.warn(f"the classifier was taken to be {classifier!r}, the last linear / 1x1 conv in registration "
+                      f"order, but {why}: pass classifier='<name>' or example_input=<a batch> to be sure",
+                      stacklevel=4)
+
+
+def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Patterns = None,
+                example_input=None) -> List[Layer]:
+    """Every regularisable layer of ``model`` with its role, in forward order if ``example_input`` is given (layers
+    the forward does not call follow, in registration order), else in registration order.
 
     classifier: the module name of the output layer (e.g. ``"fc"``); default the last linear or 1x1 conv.
     exclude: module-name patterns of layers to leave out (see the module docstring).
     Raises ``ValueError`` if the model has no regularisable layer, ``classifier`` names none of them, or an
-    ``exclude`` pattern matches none of them.
+    ``exclude`` pattern matches none of them; warns when the default classifier is ambiguous (module docstring).
     """
     model = unwrap(model)
     found: "OrderedDict[str, nn.Module]" = OrderedDict()
@@ -133,9 +178,14 @@ def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Pat
         del found[name]
     if not found:
         raise ValueError(f"exclude={exclude!r} leaves no layer of {type(model).__name__} to regularise")
+    if example_input is not None:
+        called = [n for n in forward_order(model, example_input) if n in found]
+        found = OrderedDict([(n, found[n]) for n in called] + [(n, m) for n, m in found.items() if n not in called])
     if classifier is None:
         candidates = [n for n, m in found.items() if _is_classifier_candidate(m)]
         classifier = candidates[-1] if candidates else None
+        if classifier is not None and example_input is None:
+            _warn_if_ambiguous(found, classifier)
     elif classifier not in found:
         raise ValueError(f"classifier {classifier!r} is not a regularisable layer of the model; "
                          f"valid: {', '.join(found)}")
@@ -150,6 +200,44 @@ def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Pat
             role = "hidden"
         layers.append(Layer(name, found[name].weight, role))
     return layers
+
+
+def left_out(model: nn.Module, chosen: Sequence[Layer], exclude: Patterns = None,
+             which: str = "both") -> List[Tuple[str, str]]:
+    """``(parameter name, why it is not regularised)`` for every parameter of ``model`` that no chosen layer holds."""
+    model = unwrap(model)
+    held = {id(layer.weight) for layer in chosen}
+    names = [n for n, m in model.named_modules() if isinstance(m, REGULARISABLE) and getattr(m, "weight", None)
+             is not None]
+    excluded = set(excluded_names(names, exclude)) if exclude else set()
+    out = []
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if id(param) in held:
+                continue
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            out.append((full, _reason(module, module_name, param_name, excluded, which)))
+            held.add(id(param))  # a parameter shared by two modules is listed once
+    return out
+
+
+def _reason(module: nn.Module, name: str, param: str, excluded: set, which: str) -> str:
+    kind = type(module).__name__
+    if isinstance(module, REGULARISABLE) and param == "weight":
+        if name in excluded:
+            return "excluded (exclude=)"
+        return f"not in layers={which!r}"
+    if param == "bias" or param.endswith("_bias"):
+        return f"{kind} bias: not a neuron direction"
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return f"{kind}: a transposed convolution's neurons are not its weight's rows"
+    if isinstance(module, nn.Embedding):
+        return "nn.Embedding: its rows are token vectors, not neurons"
+    if isinstance(module, nn.MultiheadAttention) and param.startswith(("in_proj", "q_proj", "k_proj", "v_proj")):
+        return "nn.MultiheadAttention: the packed query/key/value projection is not an nn.Linear"
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+        return f"{kind}: a normalisation scale, not neurons"
+    return f"{kind}.{param}: not the weight of an nn.Conv1d/2d/3d or nn.Linear"
 
 
 def select(layers: Sequence[Layer], which: str) -> List[Layer]:

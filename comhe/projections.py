@@ -1,95 +1,83 @@
 """Projections for compressive MHE (CoMHE, CVPR 2020; docs/reference.md §1), a registry.
 
-A projection maps the stacked neurons of same-shape layers ``w: [L, N, d]`` to ``C`` projected copies
-``[L, C, N, k]``; the CoMHE regulariser then takes the half-space energy of every copy and averages over ``C``.
-Every projection works on several such stacks at once (one per group of same-shape layers) so that a step costs a
-handful of batched ops, not a Python loop over layers and projections.
+A projection turns the projected buckets of a regulariser's stack (``stacking.py``: layers of one fan-in ``d``,
+``[L, N, d]``) into their projected neurons, ``[L * C, k, N]`` per bucket (``columns``: column ``n`` of copy ``c`` of
+layer ``l`` is ``P_lc w_n``; G-CoMHE gives rows, ``[L * C, N, k]``). The regulariser then takes the half-space
+energy of every copy and averages over ``C``. All of a call's projections of every layer are a handful of batched
+ops, not a Python loop over layers and projections.
 
 * ``random`` (RP-CoMHE): ``C`` Gaussian ``k x d`` matrices per layer, i.i.d. N(0, 1), redrawn every call, no gradient.
-  All of a step's matrices come from **one** ``randn`` on the projection's own generator, seeded by ``seed``, so two
-  processes with the same seed (e.g. DDP ranks) draw the same matrices. Deviation from the official code: there, TF
-  op seeds make same-shape layers share one matrix per step; here every layer gets its own draw (same distribution).
+  All of a call's matrices come from **one** ``randn`` on the projection's own generator, seeded by ``seed``, so two
+  processes with the same seed (e.g. DDP ranks) draw the same matrices, and its state travels in ``state_dict``.
+  Deviation from the official code: there, TF op seeds make same-shape layers share one matrix per step; here every
+  layer gets its own draw (same distribution). The draw is laid out layer by layer in order of first appearance of
+  each weight shape; a weight stored channels_last is projected in its memory order (the same distribution, other
+  draws than the same weight stored row-major).
 * ``angle`` (AP-CoMHE): one learned ``P`` per layer (``C`` of them if ``num_proj > 1``), N(0, 1) init. Each training
-  call first takes ``iters`` SGD steps on ``P`` minimising ``||cos(W) - cos(PW)||_F`` (Frobenius norm, not squared,
-  full ``N x N`` cosine matrices, eps 1e-4 inside the norms) plus the official tiny L2 (gradient ``5e-7 P``), at the
-  network's current learning rate; then it returns the projection by the look-ahead ``P~ = P - lr * grad_P``, built
-  inside the autograd graph so that ``W`` receives the second-order gradient through ``P~`` (as the official code).
+  call first takes ``iters`` SGD steps on every ``P`` minimising ``||cos(W) - cos(PW)||_F`` (Frobenius norm, not
+  squared, full ``N x N`` cosine matrices, eps 1e-4 inside the norms) plus the official tiny L2 (gradient
+  ``5e-7 P``), at the network's current learning rate (``step_lr``); then it returns the projection by the look-ahead
+  ``P~ = P - lr * grad_P``, built inside the autograd graph so that ``W`` receives the second-order gradient through
+  ``P~`` (as the official code). Every layer's objective is one term of one batched sum (one gradient for all).
 * ``adversarial`` (Adv-CoMHE): the same, but ``P`` takes ``iters`` gradient-**ascent** steps on the full-space s=2
   energy of ``PW`` and the look-ahead is ``P~ = P + lr * grad_P``.
-* ``group`` (G-CoMHE, no official code): the ``d`` coordinates are split into ``C`` contiguous groups (zero-padded to a
-  multiple of ``C``, which changes no norm or inner product); group ``c`` of every neuron is its ``c``-th projection.
-  For a conv weight ``[out, in, kh, kw]`` and ``C`` dividing ``in``, a group is a block of ``in / C`` input channels
-  with all their kernel taps. Our choice of default, ``C = 8``, is not from the paper (unknown there).
+* ``group`` (G-CoMHE, no official code): the ``d`` coordinates are split into contiguous groups (zero-padded to a
+  multiple), group ``c`` of every neuron being its ``c``-th projection. For a conv weight ``[out, in, kh, kw]`` and a
+  group count dividing ``in``, a group is a block of input channels with all their kernel taps. The group count is
+  ``num_proj`` (our default 8; the paper gives none), lowered so that a group keeps ``min_group_size`` (8)
+  coordinates: the half-space s=2 energy of random directions in ``m`` dimensions has an infinite mean for ``m <= 3``
+  and 1.2x its large-``m`` value at ``m = 8``, so 2-coordinate groups of a fan-in-16 layer would dominate the total. A
+  layer left with one group is not compressed and gets the unprojected half-space energy.
 
-The learned projections keep their matrices as buffers, so ``state_dict`` (a checkpoint) restores them, and an
-optimiser built from ``model.parameters()`` never sees them. In ``eval()`` mode no inner step is taken.
+The learned projections keep their matrices as buffers, saved per group of same-shape layers (``p0``, ``p1``, ... in
+order of first appearance, ``[L, C, k, d]``, coordinates in the weight's logical order), so ``state_dict`` restores
+them and an optimiser built from ``model.parameters()`` never sees them. In ``eval()`` mode no inner step is taken.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .energy import cosine_from_gram, energy_from_gram
+from .learned_projections import AdversarialProjection, AngleProjection, LearnedProjection
+from .projection_base import Projection, _check_positive, project_columns, shape_major
 from .registry import Registry
+from .stacking import Stack
+
+__all__ = ["PROJECTIONS", "Projection", "RandomProjection", "LearnedProjection", "AngleProjection",
+           "AdversarialProjection", "GroupProjection", "build", "project_columns"]
 
 PROJECTIONS = Registry("projection")
-GroupShape = Tuple[int, int, int]  # (layers L, neurons N, fan-in d) of one stack
 
 
-def project(p: Tensor, w: Tensor) -> Tensor:
-    """Projected neurons. p: ``[L, C, k, d]``, w: ``[L, N, d]`` -> ``[L, C, N, k]`` (row n of copy c is ``P_c w_n``)."""
-    layers, copies, k, d = p.shape
-    y = torch.bmm(p.reshape(layers, copies * k, d), w.transpose(1, 2))  # [L, C*k, N]
-    return y.view(layers, copies, k, -1).transpose(-1, -2)
-
-
-def angle_preservation_loss(p: Tensor, w: Tensor, eps: float = 1e-4) -> Tensor:
-    """``||cos(W) - cos(P W)||_F`` per layer and copy. p: ``[L, C, k, d]``, w: ``[L, N, d]`` -> ``[L, C]``."""
-    cos_w, _ = cosine_from_gram(w @ w.transpose(1, 2), eps)
-    y = project(p, w)
-    cos_y, _ = cosine_from_gram(y @ y.transpose(-1, -2), eps)
-    return (cos_y - cos_w.unsqueeze(1)).pow(2).sum((-2, -1)).sqrt()
-
-
-def projected_energy(p: Tensor, w: Tensor, eps: float = 1e-4) -> Tensor:
-    """Full-space s=2 pair-mean energy of the projected neurons ``P W``: ``[L, C]`` (the adversary's objective)."""
-    y = project(p, w)
-    return energy_from_gram(y @ y.transpose(-1, -2), s=2, half_space=False, eps=eps)
-
-
-def _check_positive(**values: int) -> None:
-    for key, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
-
-
-class Projection(nn.Module):
-    """Base: ``forward(stacks, lr) -> [L, C, N, k]`` per stack. ``applies_to(d)`` says if projecting a fan-in ``d``
-    compresses anything (layers where it does not get the unprojected half-space energy instead)."""
-
-    def __init__(self, shapes: Sequence[GroupShape], proj_dim: int, num_proj: int):
-        super().__init__()
-        _check_positive(proj_dim=proj_dim, num_proj=num_proj)
-        self.shapes = [tuple(s) for s in shapes]
-        self.proj_dim, self.num_proj = proj_dim, num_proj
-
-    def applies_to(self, fan_in: int) -> bool:
-        return fan_in > self.proj_dim
-
-
-@PROJECTIONS.register("random")
 class RandomProjection(Projection):
-    def __init__(self, shapes: Sequence[GroupShape], proj_dim: int = 40, num_proj: int = 20,
-                 seed: Optional[int] = None, **_ignored):
-        super().__init__(shapes, proj_dim, num_proj)
+    def __init__(self, proj_dim: int = 40, num_proj: int = 20, seed: Optional[int] = None, **_ignored):
+        super().__init__(proj_dim, num_proj)
         self.seed = int(torch.initial_seed() if seed is None else seed)
-        self._sizes = [n * num_proj * proj_dim * d for n, _, d in self.shapes]
         self._generator: Optional[torch.Generator] = None
         self._pending_state: Optional[Tuple[str, Tensor]] = None
+
+    def setup(self, stacker, buckets, dtype, device) -> None:
+        super().setup(stacker, buckets, dtype, device)
+        self.dtype = dtype
+        # The draw: C*k*d values per layer, layers grouped by shape in order of first appearance (the order of the
+        # draws before the stack existed, so a seed gives the same matrices as then). Each bucket is a run of it.
+        order = shape_major(stacker, [i for b in self.buckets for i in stacker.buckets[b].layers])
+        chunk = {i: self.num_proj * self.proj_dim * stacker.layers[i].fan_in for i in order}
+        start = {i: sum(chunk[j] for j in order[:n]) for n, i in enumerate(order)}
+        self.draw_size = sum(chunk.values())
+        self._runs: List[Tuple[int, Optional[str]]] = []  # per bucket: start, or the buffer of its gather index
+        for n_bucket, b in enumerate(self.buckets):
+            mine = stacker.buckets[b].layers
+            first = start[mine[0]]
+            if all(start[i] == first + n * chunk[mine[0]] for n, i in enumerate(mine)):
+                self._runs.append((first, None))
+            else:
+                index = torch.cat([start[i] + torch.arange(chunk[i]) for i in mine]).to(device)
+                self.register_buffer(f"draw_index{n_bucket}", index, persistent=False)
+                self._runs.append((first, f"draw_index{n_bucket}"))
 
     def generator(self, device: torch.device) -> torch.Generator:
         gen = self._generator
@@ -102,13 +90,16 @@ class RandomProjection(Projection):
             self._generator = gen
         return gen
 
-    def forward(self, stacks: List[Tensor], lr: Optional[float] = None) -> List[Tensor]:
-        w0 = stacks[0]
-        flat = torch.randn(sum(self._sizes), generator=self.generator(w0.device), device=w0.device, dtype=w0.dtype)
-        out = []
-        for chunk, w, (layers, _, d) in zip(flat.split(self._sizes), stacks, self.shapes):
-            out.append(project(chunk.view(layers, self.num_proj, self.proj_dim, d), w))
-        return out
+    def matrices(self, stack, lr=None) -> List[Tensor]:
+        device = self.stacker.zeros.device
+        flat = torch.randn(self.draw_size, generator=self.generator(device), device=device, dtype=self.dtype)
+        mats = []
+        for b, (first, index) in zip(self.buckets, self._runs):
+            layers, _, d = self.stacker.buckets[b].shape
+            values = flat.narrow(0, first, layers * self.num_proj * self.proj_dim * d) if index is None else \
+                flat.index_select(0, getattr(self, index))
+            mats.append(values.view(layers, self.num_proj, self.proj_dim, d))
+        return mats
 
     # The generator's state travels in state_dict, so a checkpoint resumes the exact sequence of draws.
     def get_extra_state(self):
@@ -120,93 +111,50 @@ class RandomProjection(Projection):
     def set_extra_state(self, state) -> None:
         self.seed = int(state["seed"])
         self._generator = None
-        self._pending_state = (state["device"], state["state"]) if state.get("state") is not None else None
+        saved = state.get("state")
+        # .cpu(): Generator.set_state takes a CPU byte tensor whatever the generator's device, and a checkpoint
+        # loaded with map_location="cuda" hands over a CUDA one.
+        self._pending_state = (state["device"], saved.cpu()) if saved is not None else None
 
 
-class LearnedProjection(Projection):
-    """A projection ``P`` per layer, updated by ``iters`` inner steps per call, then used through a look-ahead."""
-
-    direction = -1.0  # -1: descend the objective (angle); +1: ascend it (adversarial)
-
-    def __init__(self, shapes: Sequence[GroupShape], proj_dim: int = 30, num_proj: int = 1, iters: int = 1,
-                 lr: float = 0.1, weight_decay: float = 5e-7, eps: float = 1e-4, fixed_lr: bool = False, **_ignored):
-        super().__init__(shapes, proj_dim, num_proj)
-        # fixed_lr: the inner steps and the look-ahead use ``lr`` whatever the network's rate (under Adam at 1e-3
-        # the official "network's current LR" would barely move P); default: the network's, as the official code.
-        self.fixed_lr = bool(fixed_lr)
-        if not isinstance(iters, int) or iters < 0:
-            raise ValueError(f"proj_iters must be an integer >= 0, got {iters!r}")
-        self.iters, self.lr, self.weight_decay, self.eps = iters, float(lr), float(weight_decay), eps
-        for i, (layers, _, d) in enumerate(self.shapes):
-            self.register_buffer(f"p{i}", torch.randn(layers, num_proj, proj_dim, d))
-
-    def matrices(self) -> List[Tensor]:
-        return [getattr(self, f"p{i}") for i in range(len(self.shapes))]
-
-    # Subclasses define objective(p [L, C, k, d], w [L, N, d]) -> [L, C].
-
-    def _gradients(self, stacks: Sequence[Tensor], create_graph: bool) -> Tuple[List[Tensor], List[Tensor]]:
-        with torch.enable_grad():
-            ps = [p.detach().requires_grad_(True) for p in self.matrices()]
-            total = sum(self.objective(p, w).sum() for p, w in zip(ps, stacks))
-            return ps, list(torch.autograd.grad(total, ps, create_graph=create_graph))
-
-    @torch.no_grad()
-    def inner_step(self, stacks: Sequence[Tensor], lr: float) -> None:
-        """One SGD step on the stored ``P`` (descent for angle, ascent for adversarial), ``W`` held fixed."""
-        _, grads = self._gradients([w.detach() for w in stacks], create_graph=False)
-        for p, g in zip(self.matrices(), grads):
-            p.mul_(1.0 - lr * self.weight_decay).add_(g, alpha=self.direction * lr)
-
-    def forward(self, stacks: List[Tensor], lr: Optional[float] = None) -> List[Tensor]:
-        lr = self.lr if lr is None or self.fixed_lr else float(lr)
-        if self.training:
-            for _ in range(self.iters):
-                self.inner_step(stacks, lr)
-        outer_grad = torch.is_grad_enabled() and any(w.requires_grad for w in stacks)
-        ps, grads = self._gradients(stacks, create_graph=outer_grad)
-        return [project(p.detach() + self.direction * lr * g, w) for p, g, w in zip(ps, grads, stacks)]
-
-
-@PROJECTIONS.register("angle")
-class AngleProjection(LearnedProjection):
-    direction = -1.0
-
-    def objective(self, p: Tensor, w: Tensor) -> Tensor:
-        return angle_preservation_loss(p, w, self.eps)
-
-
-@PROJECTIONS.register("adversarial")
-class AdversarialProjection(LearnedProjection):
-    direction = 1.0
-
-    def __init__(self, shapes: Sequence[GroupShape], proj_dim: int = 30, num_proj: int = 1, iters: int = 10,
-                 **options):
-        super().__init__(shapes, proj_dim, num_proj, iters, **options)
-
-    def objective(self, p: Tensor, w: Tensor) -> Tensor:
-        return projected_energy(p, w, self.eps)
-
-
-@PROJECTIONS.register("group")
 class GroupProjection(Projection):
-    def __init__(self, shapes: Sequence[GroupShape], num_proj: int = 8, proj_dim: int = 1, **_ignored):
-        # proj_dim is unused: a group's size is ceil(d / num_proj)
-        super().__init__(shapes, 1, num_proj)
+    columns = False
+    def __init__(self, num_proj: int = 8, proj_dim: int = 1, min_group_size: int = 8, **_ignored):
+        # proj_dim is unused: a group's size is ceil(d / groups)
+        _check_positive(min_group_size=min_group_size)
+        super().__init__(1, num_proj)
+        self.min_group_size = min_group_size
+
+    def copies(self, fan_in: int) -> int:
+        return max(1, min(self.num_proj, fan_in // self.min_group_size))
+
+    def dim(self, fan_in: int) -> int:
+        return math.ceil(fan_in / self.copies(fan_in))
 
     def applies_to(self, fan_in: int) -> bool:
-        return fan_in > self.num_proj
+        return self.copies(fan_in) > 1
 
-    def forward(self, stacks: List[Tensor], lr: Optional[float] = None) -> List[Tensor]:
-        out = []
-        for w in stacks:
-            layers, n, d = w.shape
-            size = math.ceil(d / self.num_proj)
-            if size * self.num_proj != d:
-                w = F.pad(w, (0, size * self.num_proj - d))
-            out.append(w.view(layers, n, self.num_proj, size).transpose(1, 2))
-        return out
+    def _index(self, stack: Stack) -> Tuple[Tensor, List[Tuple[int, ...]]]:
+        groups = [self.copies(self.stacker.buckets[b].fan_in) for b in self.buckets]
+        return self.stacker.group_index(self.buckets, groups, stack.orders, stack.flat.device)
+
+    def prepare(self, stack: Stack) -> None:
+        self._index(stack)
+
+    def rows(self, stack: Stack, mats) -> List[Tensor]:
+        """Every bucket's coordinate groups ``[L * groups, N, size]``, all from one gather."""
+        index, shapes = self._index(stack)
+        parts = torch.split(stack.gather(index), [math.prod(shape) for shape in shapes])
+        return [part.view(shape) for part, shape in zip(parts, shapes)]
+
+    def extra_repr(self) -> str:
+        return f"num_proj={self.num_proj}, min_group_size={self.min_group_size}"
 
 
-def build(name: str, shapes: Sequence[GroupShape], **options) -> Projection:
-    return PROJECTIONS.get(name)(shapes, **options)
+def build(name: str, **options) -> Projection:
+    return PROJECTIONS.get(name)(**options)
+
+
+for _name, _cls in {"random": RandomProjection, "angle": AngleProjection, "adversarial": AdversarialProjection,
+                    "group": GroupProjection}.items():
+    PROJECTIONS.register(_name)(_cls)

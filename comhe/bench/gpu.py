@@ -9,8 +9,10 @@
 3. Aggregate throughput of 1, 2, 4 and 8 concurrent ResNet-32 runs on the card (worker processes, timed together
    once all have warmed up), and the best ``JOBS``.
 
-The runner's defaults on this card go to ``results/bench/best_jobs.json``: ``JOBS`` and, per model, the step mode
-(eager / cuda_graph / compile) that measured fastest; ``make tableN`` uses them on CUDA unless told otherwise.
+The runner's defaults on this card go to ``results/bench/best_jobs.json``: ``JOBS`` and, per model and regulariser,
+the step mode (eager / cuda_graph / compile) that measured fastest; ``make tableN`` uses them on CUDA unless told
+otherwise (a run whose mode fails on its card falls back to eager with a warning: ``train/steps.py``). Batches are
+timed as the engine feeds them (channels_last on CUDA).
 ``--budget-s`` (default 420) bounds the whole script: configurations not started in time are listed as skipped
 (the ``compile`` ones, slowest to set up, come last).
 
@@ -24,8 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import math
+import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,9 +64,10 @@ def sync(device: torch.device) -> None:
 
 
 def time_steps(setup, steps: int) -> float:
-    """Seconds per step over ``steps`` steps (synchronised with the device at both ends)."""
+    """Seconds per step over ``steps`` steps (synchronised with the device at both ends), on batches laid out as the
+    engine lays them out (channels_last on CUDA)."""
     lr = setup.cfg["lr"]
-    batches = [setup.loader.next_batch() for _ in range(4)]
+    batches = [engine.to_device(*setup.loader.next_batch(), setup) for _ in range(4)]
     sync(setup.device)
     start = time.perf_counter()
     for i in range(steps):
@@ -137,11 +141,26 @@ def protocol_time(bundle, mode: str, step_ms: float, self_test: bool = False) ->
     return {"mode": mode, "step_ms": step_ms, "eval_s": eval_s, "full_run_min": total / 60}
 
 
+def _ready(proc: subprocess.Popen, deadline: float) -> bool:
+    """Whether ``proc`` printed READY before ``deadline`` (a ``time.time()``); never blocks past it."""
+    while time.time() < deadline:
+        readable, _, _ = select.select([proc.stdout], [], [], max(deadline - time.time(), 0.0))
+        if not readable:
+            break
+        line = proc.stdout.readline()
+        if not line:  # exited
+            return False
+        if line.strip() == "READY":
+            return True
+    return False
+
+
 def concurrency(jobs_list: List[int], duration: float, mode: str, self_test: bool = False,
-                until: float = math.inf) -> List[Dict]:
+                until: float = math.inf, ready_timeout: float = 300.0) -> List[Dict]:
     """Aggregate images/s of ``jobs`` ResNet-32 worker processes training at the same time on one device. Each worker
     warms up (capture, compile, autotuning), says READY and waits for a go file; all then time ``duration`` s
-    together. A job count that would start after ``until`` (a ``time.time()``) is skipped."""
+    together. A job count that would start after ``until`` (a ``time.time()``) is skipped; a worker not READY within
+    ``ready_timeout`` s (or by ``until``) is killed and counted out (``workers_ready``)."""
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for jobs in jobs_list:
@@ -153,11 +172,20 @@ def concurrency(jobs_list: List[int], duration: float, mode: str, self_test: boo
             procs = [subprocess.Popen([sys.executable, "-m", "comhe.bench.gpu", "--worker", "--mode", mode,
                                        "--go-file", str(go), "--duration", str(duration)] + extra,
                                       stdout=subprocess.PIPE, text=True) for _ in range(jobs)]
-            ready = [p.stdout.readline().strip() == "READY" for p in procs]  # blocks until each has warmed up
+            deadline = time.time() + min(ready_timeout, max(until - time.time(), 1.0))
+            ready = [_ready(p, deadline) for p in procs]  # each warms up (capture, compile) and says READY
             go.write_text("")
             rates = []
-            for p in procs:
-                out, _ = p.communicate(timeout=600)
+            for p, ok in zip(procs, ready):
+                if not ok:  # hung or failed in its warm-up: not timed, not waited for
+                    p.kill()
+                    p.wait()
+                    continue
+                try:
+                    out, _ = p.communicate(timeout=duration + ready_timeout)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    out, _ = p.communicate()
                 rates += [float(line.split()[1]) for line in out.splitlines() if line.startswith("RATE")]
             rows.append({"jobs": jobs, "workers_ok": len(rates), "workers_ready": sum(ready),
                          "aggregate_images_per_s": sum(rates), "per_run_images_per_s": sum(rates) / max(len(rates), 1)})
@@ -184,18 +212,18 @@ def worker(args) -> None:
     print(f"RATE {steps * batch / (time.perf_counter() - begin):.1f}", flush=True)
 
 
-def best_modes(rows: List[Dict]) -> Dict[str, str]:
-    """Per model, the step mode with the lowest summed step time of the baseline and RP-CoMHE (both measured in every
-    mode): the runner's default for runs of that model on this card."""
-    out = {}
-    for model_key in {r["model"] for r in rows if not r.get("error")}:
-        totals = {}
-        for r in rows:
-            if r["model"] == model_key and not r.get("error") and r["regularizer"] in ("none", "rp_comhe"):
-                totals.setdefault(r["mode"], []).append(r["step_ms"])
-        complete = {m: sum(t) for m, t in totals.items() if len(t) == 2}
-        if complete:
-            out[model_key] = min(complete, key=complete.get)
+def best_modes(rows: List[Dict]) -> Dict[str, Dict[str, str]]:
+    """Per model and regulariser, the step mode measured fastest (among those that ran): the runner's default for
+    runs of that pair on this card. A regulariser measured in no mode is absent (its runs stay eager)."""
+    out: Dict[str, Dict[str, str]] = {}
+    for r in rows:
+        if r.get("error"):
+            continue
+        best = out.setdefault(r["model"], {})
+        current = next((x for x in rows if not x.get("error") and x["model"] == r["model"]
+                        and x["regularizer"] == r["regularizer"] and x["mode"] == best.get(r["regularizer"])), None)
+        if current is None or r["step_ms"] < current["step_ms"]:
+            best[r["regularizer"]] = r["mode"]
     return out
 
 

@@ -85,9 +85,7 @@ def takes_workers(name: str) -> bool:
     return "workers" in inspect.signature(DATASETS.get(name)).parameters
 
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
-NUM_CLASSES["modelnet40"] = 40
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10,
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10, "modelnet40": 40,
                "cora": 7, "citeseer": 6, "pubmed": 3}
 # Datasets of graphs for node classification (``planetoid.py``): ``comhe.train.node_engine`` trains them.
 NODE_DATASETS: set = set()

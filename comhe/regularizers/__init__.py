@@ -43,16 +43,22 @@ for _name, _cls in {"none": NoRegularizer, "mhe": MHE, "hs_mhe": HalfSpaceMHE, "
     REGULARIZERS.register(_name)(_cls)
 
 
+# Options of the library only: objects, not config values (a run config cannot hold a tensor).
+LIBRARY_ONLY = ("example_input",)
+
+
 def option_defaults(name: str) -> Dict[str, object]:
-    """The options ``build(name, ...)`` accepts, with their defaults (``None`` = decided from other options)."""
+    """The options ``build(name, ...)`` accepts from a config, with their defaults (``None`` = decided from other
+    options); ``build`` also takes ``example_input`` (``layers.find_layers``)."""
     params = inspect.signature(REGULARIZERS.get(name).__init__).parameters
-    return {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {k: p.default for k, p in params.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in LIBRARY_ONLY}
 
 
 def build(name: str, model: nn.Module, **options) -> Regularizer:
     """The regulariser ``name`` for ``model``. Unknown option names raise ``ValueError`` listing the valid ones."""
     valid = option_defaults(name)
-    unknown = sorted(set(options) - set(valid))
+    unknown = sorted(set(options) - set(valid) - set(LIBRARY_ONLY))
     if unknown:
         raise ValueError(f"regulariser {name!r} has no option {', '.join(map(repr, unknown))}; "
                          f"valid: {', '.join(valid) or '(none)'}")

@@ -22,13 +22,17 @@ total is the weighted **sum** over layers. ``layers``: ``"both"`` (default), ``"
 (MHE Table 4). The classifier is the last linear / 1x1 conv unless ``classifier="<module name>"`` says otherwise;
 ``exclude=["pattern", ...]`` leaves layers out (``layers.find_layers``).
 
-Everything is batched: the layers are stacked by weight shape (one ``stack`` and one ``bmm`` per shape), all random
-projections of a step come from one ``randn``, and the energies of all Grams with the same neuron count and space go
-through one fused computation (``energy_from_gram``). ``tests/library/test_regularizers.py`` checks it against a plain
-per-layer loop. ``orthogonal``, ``orthonormal`` and ``srip`` live in ``orthogonality.py``, ``none`` in ``base.py``.
+Everything is batched (``stacking.py``, ``pairs.py``): the weights of every layer are read in place and stacked by one
+``cat`` into zero-padded buckets of equal fan-in; the projections of a call come from one draw and one ``bmm`` per
+bucket; one fused function (``pairs.GramEnergy``) takes the Grams, the half- and full-space pair terms of every layer
+and their gradient in ~35 kernels whatever the depth. ``tests/library/test_regularizers.py`` checks the loss and the
+gradients against a plain per-layer loop in float64. ``reg.compile()`` (config ``compile: true``) compiles all of it
+but the ``cat``, the random draw and the AP / Adv inner steps (``torch.compile`` has no double backward).
+``orthogonal``, ``orthonormal`` and ``srip`` live in ``orthogonality.py``, ``none`` in ``base.py``.
 """
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -36,20 +40,36 @@ import torch
 from torch import Tensor, nn
 
 from .. import projections as projection_registry
-from ..energy import canonical_power, energy_from_gram, strict_upper
-from ..layers import Layer, find_layers, select, stack_neurons, unprojected
+from ..energy import canonical_power
+from ..layers import Layer, find_layers, left_out, select, unprojected
+from ..pairs import Block, PairPlan, gram_energy
+from ..stacking import Stack, Stacker, plan_buckets
 from .base import Regularizer
 
 
-@dataclass
-class _Group:
-    """Same-shape layers that receive the same term (one stacked Gram or one batched projection)."""
+@dataclass(frozen=True)
+class Term:
+    """How one layer is regularised: ``kind`` full / half / projected (half-space energy of ``copies``
+    projections to ``dim`` coordinates, averaged), with weight ``weight`` (lambda)."""
 
-    layers: List[Layer]
-    half_space: bool
-    projected: bool
+    kind: str
     weight: float
-    bucket: int = -1
+    copies: int = 1
+    dim: int = 0
+    why: str = ""      # why a CoMHE hidden layer is not projected
+
+
+def _own_code(fn):
+    """``fn`` with a code object of its own. Dynamo keeps its compiled graphs per code object, at most 8
+    (``recompile_limit``) and then silently runs eagerly: every regulariser instance gets its own cache."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _loss_of(reg: "EnergyRegularizer"):
+    """The function ``compile`` compiles: the flat stack (and the call's projection matrices) to the loss."""
+    def loss(flat: Tensor, orders, mats):
+        return reg._loss(Stack(reg.stacker, flat, orders), mats, fused=False)
+    return loss
 
 
 class EnergyRegularizer(Regularizer):
@@ -58,7 +78,7 @@ class EnergyRegularizer(Regularizer):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, **projection_options):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, **projection_options):
         self.s = canonical_power(s)
         angular = self.s in ("a1", "a2")  # the official code's 0.1 / 1 is for a1 and a2 only; a0 keeps 1 / 10
         self.lambda_hidden = float((0.1 if angular else 1.0) if lambda_hidden is None else lambda_hidden)
@@ -66,109 +86,89 @@ class EnergyRegularizer(Regularizer):
         if eps <= 0:
             raise ValueError(f"eps must be > 0 in a regulariser (it keeps zero and padded neurons finite), got {eps}")
         self.eps = float(eps)
-        chosen = select(find_layers(model, classifier, exclude), layers)
+        chosen = select(find_layers(model, classifier, exclude, example_input), layers)
         if not chosen:
             raise ValueError(f"layers={layers!r} selects no layer of {type(model).__name__}")
-        super().__init__(chosen)
+        super().__init__(chosen, left_out(model, chosen, exclude, layers))
         self.which = layers
-        self.proj = None
-        if self.projection is None:
-            self.groups = self._plan(chosen, None)
-        else:
-            # An empty projection first validates the options and says which fan-ins it compresses.
-            probe = projection_registry.build(self.projection, [], **projection_options)
-            self.groups = self._plan(chosen, probe)
-            shapes = [(len(g.layers), g.layers[0].num_neurons, g.layers[0].fan_in) for g in self.groups
-                      if g.projected]
-            self.proj = projection_registry.build(self.projection, shapes, **projection_options).to(
-                device=self.device_hint, dtype=self.dtype_hint)
-        self._plan_buckets()
-        self._energy = energy_from_gram
+        # An unattached projection validates the options and says which fan-ins it compresses.
+        proj = projection_registry.build(self.projection, **projection_options) if self.projection else None
+        self.terms = [self._term(layer, proj) for layer in chosen]
+        buckets = plan_buckets(chosen, [t.kind == "projected" for t in self.terms])
+        self.stacker = Stacker(chosen, buckets, self.dtype_hint, self.device_hint)
+        self.proj = proj
+        if proj is not None:
+            proj.setup(self.stacker, [b for b, bucket in enumerate(buckets) if bucket.projected], self.dtype_hint,
+                       self.device_hint)
+        blocks, offset = [], 0
+        for bucket in buckets:
+            for i, n in zip(bucket.layers, bucket.neurons):
+                term = self.terms[i]
+                for _ in range(term.copies):
+                    blocks.append(Block(offset, bucket.num_neurons, n, term.kind != "full",
+                                        term.weight / term.copies, i))
+                    offset += bucket.num_neurons ** 2
+        self.pairs = PairPlan(blocks, offset, len(chosen), self.dtype_hint, self.device_hint)
+        self._compiled = None
+
+    def _term(self, layer: Layer, proj) -> Term:
+        if layer.role == "output":
+            return Term("full", self.lambda_output)
+        if proj is None:
+            return Term("half" if self.hidden_half_space else "full", self.lambda_hidden)
+        if not unprojected(layer, proj.applies_to(layer.fan_in)):
+            return Term("projected", self.lambda_hidden, proj.copies(layer.fan_in), proj.dim(layer.fan_in))
+        why = "3 input channels" if layer.is_rgb_conv else f"fan-in {layer.fan_in} not compressed"
+        return Term("half", self.lambda_hidden, why=why)
 
     def compile(self, **options) -> "EnergyRegularizer":
-        self._energy = torch.compile(energy_from_gram, dynamic=False, **options)
+        """``torch.compile`` everything from the stacked weights to the loss, as one graph with its own cache."""
+        self._compiled = torch.compile(_own_code(_loss_of(self)), dynamic=False, **options)
         return self
 
-    def _plan(self, layers: List[Layer], probe) -> List[_Group]:
-        groups: Dict[tuple, _Group] = {}
-        for layer in layers:
-            if layer.role == "output":
-                half_space, projected, weight = False, False, self.lambda_output
-            else:
-                projected = probe is not None and not unprojected(layer, probe.applies_to(layer.fan_in))
-                half_space, weight = (probe is not None) or self.hidden_half_space, self.lambda_hidden
-            key = (layer.shape, half_space, projected, weight, layer.role == "output")
-            groups.setdefault(key, _Group([], half_space, projected, weight)).layers.append(layer)
-        return list(groups.values())
-
-    def _plan_buckets(self) -> None:
-        """Grams with the same neuron count and space share one energy computation; record its rows' weights."""
-        keys: List[Tuple[int, bool]] = []
-        row_weights: List[List[float]] = []
-        self.row_layers: List[List[int]] = []
-        index = {layer.name: i for i, layer in enumerate(self.layers)}
-        copies = self.proj.num_proj if self.proj is not None else 1
-        for g in self.groups:
-            key = (g.layers[0].num_neurons, g.half_space)
-            if key not in keys:
-                keys.append(key)
-                row_weights.append([])
-                self.row_layers.append([])
-            g.bucket = keys.index(key)
-            per_layer = copies if g.projected else 1
-            for layer in g.layers:
-                row_weights[g.bucket] += [g.weight / per_layer] * per_layer
-                self.row_layers[g.bucket] += [index[layer.name]] * per_layer
-        self.buckets = keys
-        for b, ((n, _), weights) in enumerate(zip(keys, row_weights)):
-            weights = torch.tensor(weights, device=self.device_hint, dtype=self.dtype_hint)
-            self.register_buffer(f"row_weight{b}", weights, persistent=False)
-            self.register_buffer(f"upper{b}", strict_upper(n, self.device_hint), persistent=False)
-
     def compute(self, lr: Optional[float]):
-        stacks = [stack_neurons(g.layers) for g in self.groups]
-        projected = iter(())
-        if self.proj is not None and any(g.projected for g in self.groups):
-            projected = iter(self.proj([w for g, w in zip(self.groups, stacks) if g.projected], lr))
-        pieces: List[List[Tensor]] = [[] for _ in self.buckets]
-        for g, w in zip(self.groups, stacks):
-            if g.projected:
-                y = next(projected)  # [L, C, N, k]
-                pieces[g.bucket].append((y @ y.transpose(-1, -2)).flatten(0, 1))  # [L*C, N, N]
-            else:
-                pieces[g.bucket].append(w @ w.transpose(1, 2))  # [L, N, N]
-        loss, energies = None, []
-        for b, (_, half_space) in enumerate(self.buckets):
-            gram = pieces[b][0] if len(pieces[b]) == 1 else torch.cat(pieces[b])
-            energy = self._energy(gram, self.s, half_space, self.eps, upper=getattr(self, f"upper{b}"))
-            term = (energy * getattr(self, f"row_weight{b}")).sum()
-            loss = term if loss is None else loss + term
-            energies.append(energy)
-        return loss, energies
+        stack = self.stacker()
+        mats = self.proj.matrices(stack, lr) if self.proj is not None else []
+        if self._compiled is not None:
+            if self.proj is not None:
+                self.proj.prepare(stack)  # gather indices: built outside the graph, once per memory layout
+            return self._compiled(stack.flat, stack.orders, mats)
+        return self._loss(stack, mats, fused=True)
 
-    def summarize(self, energies: List[Tensor]) -> Dict[str, float]:
-        sums = [0.0] * len(self.layers)
-        counts = [0] * len(self.layers)
-        for b, energy in enumerate(energies):
-            for row, value in zip(self.row_layers[b], energy.detach().cpu().tolist()):
-                sums[row] += value
-                counts[row] += 1
-        return self.weighted_stats([(layer, total / count) for layer, total, count in zip(self.layers, sums, counts)],
-                                   "energy")
+    def _loss(self, stack: Stack, mats: Sequence[Optional[Tensor]], fused: bool) -> Tuple[Tensor, Tensor]:
+        projected = iter(self.proj.rows(stack, mats)) if self.proj is not None else iter(())
+        rows = [next(projected) if bucket.projected else stack.view(b)
+                for b, bucket in enumerate(self.stacker.buckets)]
+        columns = [bucket.projected and self.proj.columns for bucket in self.stacker.buckets]
+        return gram_energy(rows, self.pairs, self.s, self.eps, fused, columns)
+
+    def summarize(self, terms: Tensor) -> Dict[str, float]:
+        energies = self.pairs.per_layer(terms)
+        return self.weighted_stats(list(zip(self.layers, energies)), "energy")
+
+    def layer_terms(self) -> List[Tuple[str, str]]:
+        out = []
+        for term in self.terms:
+            words = {"full": "full-space", "half": "half-space"}.get(term.kind)
+            if term.why:
+                words += f" (unprojected: {term.why})"
+            if words is None:
+                words = f"half-space of {term.copies} projections to {term.dim}"
+                if self.projection == "group":
+                    words = f"half-space of {term.copies} coordinate groups of {term.dim}"
+            out.append((f"{words}, s={self.s}", f"{term.weight:g}"))
+        return out
 
     def extra_repr(self) -> str:
-        plan = ", ".join(f"{len(g.layers)}x{list(g.layers[0].shape)}{'/proj' if g.projected else ''}"
-                         f"{'/hs' if g.half_space else ''}" for g in self.groups)
-        return f"s={self.s}, layers={self.which}, lambda_hidden={self.lambda_hidden}, " \
-               f"lambda_output={self.lambda_output}, groups=[{plan}]"
+        return f"s={self.s}, layers={self.which}, eps={self.eps:g}\n" + self.describe()
 
 
 class MHE(EnergyRegularizer):
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None):
+                 exclude: Optional[Sequence[str]] = None, example_input=None):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, exclude=exclude)
+                         eps=eps, classifier=classifier, exclude=exclude, example_input=example_input)
 
 
 class HalfSpaceMHE(MHE):
@@ -180,26 +180,28 @@ class RandomProjectionCoMHE(EnergyRegularizer):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, proj_dim: int = 40, num_proj: int = 20,
-                 seed: Optional[int] = None):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, proj_dim: int = 40,
+                 num_proj: int = 20, seed: Optional[int] = None):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, exclude=exclude, proj_dim=proj_dim, num_proj=num_proj,
-                         seed=seed)
+                         eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
+                         proj_dim=proj_dim, num_proj=num_proj, seed=seed)
 
 
 class _LearnedCoMHE(EnergyRegularizer):
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, proj_dim: int = 30, num_proj: int = 1,
-                 proj_iters: int = 1, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7,
+                 exclude: Optional[Sequence[str]] = None, example_input=None, proj_dim: int = 30,
+                 num_proj: int = 1, proj_iters: int = 1, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7,
                  proj_lr_fixed: bool = False):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, exclude=exclude, proj_dim=proj_dim, num_proj=num_proj,
-                         iters=proj_iters, lr=proj_lr, weight_decay=proj_weight_decay, fixed_lr=proj_lr_fixed)
+                         eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
+                         proj_dim=proj_dim, num_proj=num_proj, iters=proj_iters, lr=proj_lr,
+                         weight_decay=proj_weight_decay, fixed_lr=proj_lr_fixed)
 
 
 class AngleProjectionCoMHE(_LearnedCoMHE):
-    """``proj_lr`` is used only when ``reg()`` is called without ``lr``, or always with ``proj_lr_fixed=True``."""
+    """``proj_lr`` is used only when ``reg()`` is called without ``lr``, or always with ``proj_lr_fixed=True``
+    (``learned_projections.LearnedProjection.step_lr``)."""
 
     projection = "angle"
 
@@ -209,22 +211,25 @@ class AdversarialProjectionCoMHE(_LearnedCoMHE):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, proj_dim: int = 30, num_proj: int = 1,
-                 proj_iters: int = 10, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7,
+                 exclude: Optional[Sequence[str]] = None, example_input=None, proj_dim: int = 30,
+                 num_proj: int = 1, proj_iters: int = 10, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7,
                  proj_lr_fixed: bool = False):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, exclude=exclude, proj_dim=proj_dim, num_proj=num_proj,
-                         proj_iters=proj_iters, proj_lr=proj_lr, proj_weight_decay=proj_weight_decay,
-                         proj_lr_fixed=proj_lr_fixed)
+                         eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
+                         proj_dim=proj_dim, num_proj=num_proj, proj_iters=proj_iters, proj_lr=proj_lr,
+                         proj_weight_decay=proj_weight_decay, proj_lr_fixed=proj_lr_fixed)
 
 
 class GroupCoMHE(EnergyRegularizer):
-    """``num_proj`` is the number of coordinate groups (ours: 8; the paper does not say)."""
+    """``num_proj`` is the number of coordinate groups (ours: 8; the paper does not say), lowered per layer so that a
+    group keeps at least ``min_group_size`` coordinates (``projections.GroupProjection``)."""
 
     projection = "group"
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, num_proj: int = 8):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, num_proj: int = 8,
+                 min_group_size: int = 8):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, exclude=exclude, num_proj=num_proj)
+                         eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
+                         num_proj=num_proj, min_group_size=min_group_size)

@@ -8,9 +8,11 @@ With ``W`` a layer's neurons ``[N, d]`` (rows), ``W^`` the same rows divided by 
   are penalised (the diagonal is ~0), norms are free, as in MHE.
 * ``srip``: spectral restricted isometry (Bansal et al. 2018), ``sum_layers sigma(W W^T - I)`` with ``sigma`` the
   spectral norm; the smaller of ``W W^T`` (``N <= d``) and ``W^T W`` is used, so a wide layer is not charged for the
-  ``N - d`` eigenvalues that must be 0. ``sigma`` comes from power iteration on persistent vectors (``power_iters``
-  per call, like ``torch.nn.utils.spectral_norm``; SRIP restarts two iterations from a random vector each step); the
-  gradient flows through the final ``||M u||``.
+  ``N - d`` eigenvalues that must be 0. In the loss ``sigma`` comes from power iteration on persistent vectors
+  (``power_iters`` per call, like ``torch.nn.utils.spectral_norm``; SRIP restarts two iterations from a random vector
+  each step); the gradient flows through the final ``||M u||``. That estimate is below the true value and can move
+  the wrong way between calls, so the stats (the monitor) report the exact spectral norm, ``penalty/<layer>``, and the
+  estimate the loss used, ``estimate/<layer>``.
 
 Our naming: "orthonormal" is the form that also fixes norms. Default weights are ours, not the paper's (the CoMHE
 paper gives none): chosen so that on CNN-9 at He init the loss is of the order of the MHE term (~5). They are
@@ -19,14 +21,14 @@ constant (Bansal et al. decay theirs). Default layers: hidden only (the classifi
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..energy import cosine_from_gram
-from ..layers import find_layers, group_by_shape, select, stack_neurons
+from ..layers import find_layers, group_by_shape, left_out, select, stack_neurons
 from .base import Regularizer
 
 
@@ -35,11 +37,11 @@ class _GramPenalty(Regularizer):
 
     def __init__(self, model: nn.Module, *, lambda_hidden: float, lambda_output: Optional[float] = None,
                  layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None):
-        chosen = select(find_layers(model, classifier, exclude), layers)
+                 exclude: Optional[Sequence[str]] = None, example_input=None):
+        chosen = select(find_layers(model, classifier, exclude, example_input), layers)
         if not chosen:
             raise ValueError(f"layers={layers!r} selects no layer of {type(model).__name__}")
-        super().__init__(chosen)
+        super().__init__(chosen, left_out(model, chosen, exclude, layers))
         self.lambda_hidden = float(lambda_hidden)
         self.lambda_output = self.lambda_hidden if lambda_output is None else float(lambda_output)
         self.eps = float(eps)
@@ -63,31 +65,46 @@ class _GramPenalty(Regularizer):
     def compute(self, lr):
         loss, values = None, []
         for i, group in enumerate(self.groups):
-            value = self.penalty(i, self.gram(stack_neurons(group)))
+            gram = self.gram(stack_neurons(group).to(self.dtype_hint))  # float32 for half-precision weights
+            value = self.penalty(i, gram)
             term = (value * getattr(self, f"weight{i}")).sum()
             loss = term if loss is None else loss + term
-            values.append(value)
+            values.append((value, gram))
         return loss, values
 
-    def summarize(self, values: List[Tensor]) -> Dict[str, float]:
-        per_layer = [(layer, v) for group, value in zip(self.groups, values)
-                     for layer, v in zip(group, value.detach().cpu().tolist())]
+    def monitored(self, i: int, value: Tensor, gram: Tensor) -> Tensor:
+        """The per-layer value the stats report (``[L]``): the penalty itself."""
+        return value
+
+    def summarize(self, values) -> Dict[str, float]:
+        with torch.no_grad():
+            per_layer = [(layer, v) for i, (group, (value, gram)) in enumerate(zip(self.groups, values))
+                         for layer, v in zip(group, self.monitored(i, value, gram).cpu().tolist())]
         return self.weighted_stats(per_layer, "penalty")
+
+    def layer_terms(self):
+        return [(self.term_name, f"{self.lambda_output if layer.role == 'output' else self.lambda_hidden:g}")
+                for layer in self.layers]
 
 
 class Orthonormal(_GramPenalty):
+    term_name = "||W W^T - I||_F^2"
+
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 1e-3, lambda_output: Optional[float] = None,
-                 layers: str = "hidden", classifier: Optional[str] = None, exclude: Optional[Sequence[str]] = None):
+                 layers: str = "hidden", classifier: Optional[str] = None, exclude: Optional[Sequence[str]] = None,
+                 example_input=None):
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers,
-                         classifier=classifier, exclude=exclude)
+                         classifier=classifier, exclude=exclude, example_input=example_input)
 
 
 class Orthogonal(_GramPenalty):
+    term_name = "||cos(W) - I||_F^2 (unit-norm rows)"
+
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 1e-2, lambda_output: Optional[float] = None,
                  layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None):
+                 exclude: Optional[Sequence[str]] = None, example_input=None):
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers, eps=eps,
-                         classifier=classifier, exclude=exclude)
+                         classifier=classifier, exclude=exclude, example_input=example_input)
 
     def gram(self, w: Tensor) -> Tensor:
         cos, _ = cosine_from_gram(w @ w.transpose(1, 2), self.eps)
@@ -95,13 +112,15 @@ class Orthogonal(_GramPenalty):
 
 
 class SRIP(_GramPenalty):
+    term_name = "spectral norm of W W^T - I (W^T W - I for wide layers)"
+
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 0.1, lambda_output: Optional[float] = None,
                  layers: str = "hidden", classifier: Optional[str] = None, exclude: Optional[Sequence[str]] = None,
-                 power_iters: int = 2):
+                 example_input=None, power_iters: int = 2):
         if not isinstance(power_iters, int) or power_iters < 1:
             raise ValueError(f"power_iters must be an integer >= 1, got {power_iters!r}")
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers,
-                         classifier=classifier, exclude=exclude)
+                         classifier=classifier, exclude=exclude, example_input=example_input)
         self.power_iters = power_iters
         for i, group in enumerate(self.groups):
             n = self.gram_size(group[0].num_neurons, group[0].fan_in)
@@ -123,3 +142,13 @@ class SRIP(_GramPenalty):
             if self.training:
                 getattr(self, f"u{i}").copy_(u)
         return (m @ u).norm(dim=(1, 2))  # = |largest eigenvalue| once u has converged
+
+    def monitored(self, i: int, value: Tensor, gram: Tensor) -> Tensor:
+        """The exact spectral norm of ``M = Gram - I`` (symmetric: its largest |eigenvalue|)."""
+        return torch.linalg.eigvalsh(gram - getattr(self, f"eye{i}")).abs().amax(-1)
+
+    def summarize(self, values) -> Dict[str, float]:
+        stats = super().summarize(values)
+        stats.update({f"estimate/{layer.name}": v for group, (value, _) in zip(self.groups, values)
+                      for layer, v in zip(group, value.detach().cpu().tolist())})
+        return stats

@@ -118,8 +118,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if jobs is None:  # a DDP run takes the GPUs it needs; a SLURM array's parallelism is unbounded by default
             jobs = runner.default_jobs(results, measured) if args.launcher == "local" and args.nproc <= 1 else 1
         if not {config_lib.parse_override(o)[0] for o in overrides} & {"compile", "cuda_graph"}:
-            modes = {model: mode for model, mode in (measured.get("modes") or {}).items()
-                     if args.nproc <= 1 or mode != "cuda_graph"}  # CUDA graphs are single-process
+            modes = measured.get("modes") or {}
+            if args.nproc > 1:
+                modes = runner.without_mode(modes, "cuda_graph")  # CUDA graphs are single-process
             changed = runner.apply_step_modes(plan, modes)
             if changed:
                 print(f"step mode measured fastest on this card by make bench-gpu: {', '.join(changed)} "

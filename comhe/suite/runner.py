@@ -117,16 +117,33 @@ def default_jobs(results: Path = Path("results"), measured: Optional[Dict[str, A
 STEP_MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile": {"compile": True}}
 
 
-def apply_step_modes(plan: Plan, modes: Dict[str, str]) -> List[str]:
-    """Give each planned run of a model in ``modes`` (model -> eager / cuda_graph / compile, as ``make bench-gpu``
-    measured on this card) that step mode. The keys are outside a run's identity: names and results are unchanged,
-    only the speed. Returns ``model: mode`` for each model changed."""
+def step_mode(modes: Dict[str, Any], model: str, regularizer: str) -> str:
+    """The mode ``make bench-gpu`` measured fastest for (model, regulariser) on this card, else eager. ``modes``:
+    model -> regulariser -> mode; an older file's model -> mode was measured on the baseline and RP-CoMHE only, so it
+    applies to those two."""
+    entry = modes.get(model)
+    if isinstance(entry, str):
+        return entry if regularizer in ("none", "rp_comhe") else "eager"
+    return entry.get(regularizer, "eager") if isinstance(entry, dict) else "eager"
+
+
+def without_mode(modes: Dict[str, Any], mode: str) -> Dict[str, Any]:
+    """``modes`` with ``mode`` replaced by eager (e.g. cuda_graph for DDP runs: graphs are single-process)."""
+    return {model: ("eager" if entry == mode else entry) if isinstance(entry, str) else
+            {reg: "eager" if m == mode else m for reg, m in entry.items()} for model, entry in modes.items()}
+
+
+def apply_step_modes(plan: Plan, modes: Dict[str, Any]) -> List[str]:
+    """Give each planned run the step mode ``make bench-gpu`` measured fastest for its model and regulariser on this
+    card (``step_mode``). The keys are outside a run's identity: names and results are unchanged, only the speed (and
+    a mode that fails on a run falls back to eager with a warning). Returns ``model/regulariser: mode`` per change."""
     changed = []
     for run in plan.runs:
-        keys = STEP_MODES.get(modes.get(run.cfg["model"], "eager"), {})
+        mode = step_mode(modes, run.cfg["model"], run.cfg["regularizer"])
+        keys = STEP_MODES.get(mode, {})
         if keys:
             run.cfg = {**run.cfg, **keys}
-            changed.append(f"{run.cfg['model']}: {modes[run.cfg['model']]}")
+            changed.append(f"{run.cfg['model']}/{run.cfg['regularizer']}: {mode}")
     return sorted(set(changed))
 
 

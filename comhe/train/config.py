@@ -175,6 +175,8 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str = "") -
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}{where} must be a mapping, got {value!r}")
             out[key] = {**out.get(key, {}), **value}
+        elif key in CHOICES:  # e.g. channels_last: auto / true / false: checked against its choices in validate
+            out[key] = value
         else:
             if not _type_ok(value, DEFAULTS[key]):
                 raise ConfigError(f"{key}{where} must be {type(DEFAULTS[key]).__name__}, got {value!r}")
@@ -224,8 +226,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"lr_decay must be in (0, 1], got {cfg['lr_decay']}")
     if list(cfg["milestones"]) != sorted(cfg["milestones"]) or any(m <= 0 for m in cfg["milestones"]):
         raise ConfigError(f"milestones must be increasing positive iterations, got {cfg['milestones']}")
-    for key, choices in CHOICES.items():
-        if cfg[key] not in choices:
+    for key, choices in CHOICES.items():  # by value and type: 1 is not True
+        if not any(cfg[key] == c and type(cfg[key]) is type(c) for c in choices):
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {cfg[key]!r}")
     from . import optim
     try:

@@ -70,11 +70,27 @@ def any_rank(flag: bool, ctx: DistContext, device) -> bool:
 
 
 def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
-    """Rank 0's buffers (BN running statistics) on every rank. DDP broadcasts them at the start of each forward,
-    so after a step every other rank holds its own update of the previous ones (without SyncBatchNorm: CPU)."""
-    if ctx.enabled:
-        for buffer in module.buffers():
-            dist.broadcast(buffer, src=0)
+    """Rank 0's buffers (BN running statistics) on every rank, in one broadcast per dtype (not one per buffer).
+    Without SyncBatchNorm (CPU) every other rank holds its own update of them after a step."""
+    if not ctx.enabled:
+        return
+    by_dtype = {}
+    for buffer in module.buffers():
+        by_dtype.setdefault((buffer.dtype, buffer.device), []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch._utils._flatten_dense_tensors(buffers)
+        dist.broadcast(flat, src=0)
+        for buffer, value in zip(buffers, torch._utils._unflatten_dense_tensors(flat, buffers)):
+            buffer.copy_(value)
+
+
+def ddp_options(device: torch.device) -> dict:
+    """DistributedDataParallel's options: on CUDA the model has SyncBatchNorm, whose running statistics are the same
+    on every rank (computed from the global batch), so DDP's broadcast of the buffers before every forward (one
+    collective per step) is dropped; on the CPU (per-rank BN) it is kept."""
+    if device.type == "cuda":
+        return {"device_ids": [device.index], "broadcast_buffers": False}
+    return {"device_ids": None}
 
 
 def barrier(ctx: DistContext) -> None:

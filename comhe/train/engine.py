@@ -60,6 +60,9 @@ def _to_device(x, y, s: Setup):
     return x, y.to(s.device, non_blocking=True)
 
 
+to_device = _to_device  # public: benchmarks time batches laid out as the loop feeds them
+
+
 def _state(s: Setup, iteration: int, window: Dict[str, torch.Tensor], best: Dict[str, float], elapsed: float):
     return {"iteration": iteration, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
             "regularizer": s.reg.state_dict(), "loader": s.loader.state_dict(), "rng": rng_state(),
@@ -100,12 +103,16 @@ CHECK_EVERY = 20  # iterations between host checks for a non-finite loss and, un
 
 
 def _agree(stop: "_StopRequest", nonfinite: torch.Tensor, s: Setup) -> Tuple[bool, int]:
-    """(stop now, non-finite steps since the last check), the same on every rank: one all-reduce (MAX) and one
-    host sync. A stop signal may reach one rank only, or the ranks at different iterations; they must decide
-    together, else the others would wait in the next step's all-reduce forever."""
-    box = torch.stack([torch.tensor(float(stop.requested), device=s.device), nonfinite.float()])
-    if s.ctx.enabled:
-        distributed.all_reduce_max(box, s.ctx)
+    """(stop now, non-finite steps since the last check), the same on every rank: one host sync (and under DDP one
+    all-reduce, MAX). A stop signal may reach one rank only, or the ranks at different iterations; they must decide
+    together, else the others would wait in the next step's all-reduce forever. The flag goes to the device as a
+    kernel argument (``fill_``), not as a copy from pageable host memory."""
+    if not s.ctx.enabled:
+        return stop.requested, int(nonfinite.item())
+    box = nonfinite.new_empty(2)
+    box[0].fill_(float(stop.requested))
+    box[1].copy_(nonfinite)
+    distributed.all_reduce_max(box, s.ctx)
     requested, bad = box.tolist()
     return bool(requested), int(bad)
 
@@ -192,7 +199,8 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     if main:
         run.remove_temp_files()  # left by a process killed inside a write; we hold the lock, nobody owns them
         run.write_config(cfg)
-    state = checkpoint.load_latest(run.checkpoint_dir, map_location=s.device) if run.checkpoint_dir.exists() else None
+    # map_location="cpu": RNG and generator states must be CPU tensors; load_state_dict copies the rest to the device
+    state = checkpoint.load_latest(run.checkpoint_dir, map_location="cpu") if run.checkpoint_dir.exists() else None
     iteration, window, best, elapsed = 0, _new_window(s.device), {"test_error": math.inf, "iteration": -1}, 0.0
     if state is not None:
         iteration, window, best, elapsed = _restore(s, state)

@@ -1,4 +1,8 @@
-"""One seed for Python, NumPy and torch; every RNG state captured for checkpoints (as tensors: weights_only loads)."""
+"""One seed for Python, NumPy and torch; every RNG state captured for checkpoints (as tensors: weights_only loads).
+
+RNG states are CPU byte tensors whatever the generator's device; a checkpoint loaded with a non-CPU ``map_location``
+hands them over on that device, so ``set_rng_state`` moves each to the CPU first (``torch.set_rng_state``,
+``Generator.set_state`` and ``numpy`` take nothing else)."""
 from __future__ import annotations
 
 import os
@@ -36,12 +40,16 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
+def _on_cpu(value):
+    return value.cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+
+
 def set_rng_state(state: Dict[str, Any]) -> None:
     version, keys, gauss = state["python"]
     random.setstate((version, tuple(keys), gauss))
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", _on_cpu(np_state["keys"]).numpy().astype(np.uint32), int(np_state["pos"]),
+                         int(np_state["has_gauss"]), float(np_state["cached_gaussian"])))
+    torch.set_rng_state(_on_cpu(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_on_cpu(s) for s in state["cuda"]])

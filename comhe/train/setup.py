@@ -99,7 +99,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
     reg = regularizers.build(cfg["regularizer"], model, **reg_options)
     net = model
     if ctx.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(model, **distributed.ddp_options(device))
     if cfg["compile"]:
         net = torch.compile(net)
         reg.compile()  # fuses the energy's elementwise chain
@@ -116,5 +116,5 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
                   torch.bfloat16 if amp == "bf16" else None, channels_last)
     setup.aux_loss = getattr(model, "auxiliary_loss", None)  # e.g. PointNet's T-Net orthogonality term
     setup.bn_momentum = optim.bn_schedule_for(model, cfg)
-    setup.step = steps.build(setup, "cuda_graph" if cfg["cuda_graph"] else "eager")
+    setup.step = steps.build(setup, "cuda_graph" if cfg["cuda_graph"] else "compile" if cfg["compile"] else "eager")
     return setup

@@ -9,12 +9,18 @@ their kernels), then captures the whole step, optimiser included, into one CUDA 
 iteration instead of hundreds, which is what small CIFAR networks need on an H100. The learning rate is a constant
 of a captured graph, so one graph is captured per LR value (4 for the official schedule) in a shared memory pool.
 The RP-CoMHE generator is registered with every graph, so replays draw fresh projections (``register_generator_
-state``). Checkpoints are restored before the first step, so the graph captures the restored tensors.
+state``). Checkpoints are restored before the first step, so the graph captures the restored tensors. Capture runs in
+``capture_error_mode="thread_local"``: the default global mode is invalidated by CUDA calls from other threads, such as
+the DataLoader's pin-memory thread (ImageNet).
+
+A mode that cannot run (a capture or a ``torch.compile`` that fails on this torch / card / model) falls back to the
+eager step with a warning, instead of failing the run (``FallbackStep``); the run's numbers are the same either way.
 Caveat: the GPU speed of this path is measured by ``make bench-gpu`` (BENCHMARKS.md); whether it is the default is
 decided there, not here.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Tuple
 
 import torch
@@ -60,6 +66,10 @@ def _generators(reg) -> list:
     return gens
 
 
+class CaptureFailed(RuntimeError):
+    """A CUDA-graph capture failed (nothing ran: a capture only records)."""
+
+
 @STEPS.register("cuda_graph")
 class GraphStep(EagerStep):
     warmup = 3
@@ -82,7 +92,7 @@ class GraphStep(EagerStep):
         for gen in _generators(s.reg):
             graph.register_generator_state(gen)
         s.optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             self.outputs[lr] = super().run(self.static_x, self.static_y, lr)
         self.pool = graph.pool()
         self.graphs[lr] = graph
@@ -102,7 +112,10 @@ class GraphStep(EagerStep):
         self.static_x.copy_(x)
         self.static_y.copy_(y)
         if lr not in self.graphs:
-            self._capture(lr)  # capturing does not run the step: replay below does
+            try:
+                self._capture(lr)  # capturing does not run the step: replay below does
+            except Exception as err:  # noqa: BLE001 - any capture failure, at the first LR or at a milestone
+                raise CaptureFailed(f"capturing the step at lr={lr:g} failed: {type(err).__name__}: {err}") from err
         self.graphs[lr].replay()
         self.done += 1
         return tuple(t.clone() for t in self.outputs[lr])
@@ -110,5 +123,56 @@ class GraphStep(EagerStep):
     __call__ = run
 
 
+@STEPS.register("compile")
+class CompiledStep(EagerStep):
+    """The eager step over the compiled model and regulariser (``setup.prepare`` compiled them)."""
+
+
+class FallbackStep:
+    """Runs ``mode``'s step; if it raises before its first success (a capture or compilation this torch, card or
+    model does not support), warns, undoes the mode (uncompiled model and regulariser) and takes the eager step from
+    then on. Later failures propagate: they are not the mode's."""
+
+    def __init__(self, setup, mode: str):
+        self.s, self.mode = setup, mode
+        self.inner = STEPS.get(mode)(setup)
+        self.proven = mode == "eager"
+
+    def run(self, x: Tensor, y: Tensor, lr: float) -> Tuple[Tensor, Tensor, Tensor]:
+        if self.proven and self.mode != "cuda_graph":
+            return self.inner(x, y, lr)
+        try:
+            out = self.inner(x, y, lr)
+        except CaptureFailed as err:  # at any LR: a milestone re-captures
+            return self._fall_back(err, x, y, lr)
+        except Exception as err:  # noqa: BLE001 - any failure of the mode before it ran once: fall back, say so
+            if self.proven:
+                raise
+            return self._fall_back(err, x, y, lr)
+        # A graph step is proven once it has captured and replayed, i.e. after its warm-up steps.
+        self.proven = not isinstance(self.inner, GraphStep) or bool(self.inner.graphs)
+        return out
+
+    def _fall_back(self, err: Exception, x: Tensor, y: Tensor, lr: float):
+        warnings.warn(f"step mode {self.mode!r} failed ({type(err).__name__}: {str(err)[:300]}); "
+                      "falling back to the eager step for this run", RuntimeWarning, stacklevel=3)
+        self._to_eager()
+        return self.inner(x, y, lr)
+
+    def _to_eager(self) -> None:
+        s = self.s
+        if hasattr(s.net, "_orig_mod"):  # torch.compile's wrapper
+            s.net = s.net._orig_mod
+        if getattr(s.reg, "_compiled", None) is not None:
+            s.reg._compiled = None
+        if s.device.type == "cuda":
+            torch.cuda.synchronize(s.device)
+        s.optimizer.zero_grad(set_to_none=True)
+        self.mode, self.inner, self.proven = "eager", EagerStep(s), True
+
+    __call__ = run
+
+
 def build(setup, mode: str):
-    return STEPS.get(mode)(setup)
+    """The step for ``mode`` (eager, cuda_graph, compile), falling back to eager if the mode fails to start."""
+    return FallbackStep(setup, mode)

@@ -18,7 +18,7 @@ def after_one_step(name, lr, **options):
     reg = regularizers.build(name, model, proj_dim=8, **options)
     loss, _ = reg(lr=lr, stats=False)
     loss.backward()
-    return reg.proj.matrices()[0].clone(), loss.item(), model[1].weight.grad.clone()
+    return reg.proj.bucket_matrices()[0].clone(), loss.item(), model[1].weight.grad.clone()
 
 
 @pytest.mark.parametrize("name", ["ap_comhe", "adv_comhe"])

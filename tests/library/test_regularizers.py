@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from comhe import projections, regularizers
+from comhe import projection_base, regularizers
 from comhe.energy import hyperspherical_energy, neurons
 from comhe.layers import find_layers
+from comhe.stacking import flat_view, memory_positions
 
 ENERGY_NAMES = ["mhe", "hs_mhe", "rp_comhe", "ap_comhe", "adv_comhe", "g_comhe"]
 
@@ -32,47 +33,96 @@ def mlp(classes=5):
 
 
 class Recorder:
-    """Captures every (P, W) pair the projection multiplies, to rebuild the same projections in the reference."""
+    """Captures every (P, W) pair a projection multiplies, to rebuild the same projections in the reference."""
 
     def __init__(self, monkeypatch):
         self.calls = []
-        original = projections.project
+        original = projection_base.project_columns
 
         def record(p, w):
             self.calls.append((p.detach().clone(), w.detach().clone()))
             return original(p, w)
-        monkeypatch.setattr(projections, "project", record)
+        monkeypatch.setattr(projection_base, "project_columns", record)  # what Projection.rows calls
 
     def matrices_for(self, weight):
-        target = neurons(weight.detach())
-        for p, w in reversed(self.calls):  # the last call is the one the loss used (AP/Adv step first)
+        """The ``[C, k, d]`` matrices of the last call that projected this weight's neurons (zero-padded rows),
+        columns in the logical order of the weight's coordinates (a channels_last weight is projected in memory
+        order: ``stacking.flat_view``)."""
+        flat, order = flat_view(weight.detach())
+        target = flat.view(weight.shape[0], -1)
+        positions = memory_positions(weight.shape, order)
+        for p, w in reversed(self.calls):
             for i in range(w.shape[0]):
-                if w[i].shape == target.shape and torch.equal(w[i], target):
-                    return p[i]  # [C, k, d]
+                n = target.shape[0]
+                if w[i].shape[1] == target.shape[1] and torch.equal(w[i][:n], target) and not w[i][n:].any():
+                    return p[i][..., positions]
         return None
 
 
-def reference_loss(name, model, recorder=None, s=2, **options):
+def angle_objective(w, p):
+    """Sum over copies of ||cos(W) - cos(W P_c^T)||_F, docs/reference.md §1 (the full N x N cosine matrices)."""
+    def cos(x):
+        norm = torch.sqrt((x * x).sum(1, keepdim=True) + 1e-4)
+        return (x @ x.T) / (norm @ norm.T)
+    return sum(torch.linalg.matrix_norm(cos(w @ p[c].T) - cos(w)) for c in range(p.shape[0]))
+
+
+def adversarial_objective(w, p):
+    return sum(hyperspherical_energy(w @ p[c].T, s=2) for c in range(p.shape[0]))
+
+
+def learned_lookahead(name, w, p, lr, iters, weight_decay=5e-7, training=True):
+    """One layer's inner steps and look-ahead, written out (docs/reference.md §1): P <- P (1 - lr wd) -/+ lr grad_P
+    (W fixed) ``iters`` times, then P~ = P -/+ lr grad_P inside the graph (W gets the second-order gradient).
+    Returns (P~, the stepped P)."""
+    objective, sign = (angle_objective, -1.0) if name == "ap_comhe" else (adversarial_objective, 1.0)
+    p = p.clone()
+    for _ in range(iters if training else 0):
+        q = p.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(objective(w.detach(), q), q)
+        p = p * (1.0 - lr * weight_decay) + sign * lr * g
+    q = p.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(objective(w, q), q, create_graph=True)
+    return q.detach() + sign * lr * g, p
+
+
+def learned_state(reg):
+    """The learned projections' current P per layer name (``[C, k, d]``), from the saved per-shape groups."""
+    mats, out = reg.proj.matrices_by_group(), {}
+    projected = [layer for layer, t in zip(reg.layers, reg.terms) if t.kind == "projected"]
+    shapes = list(dict.fromkeys(layer.shape for layer in projected))
+    for layer in projected:
+        group = [l.name for l in projected if l.shape == layer.shape]
+        out[layer.name] = mats[shapes.index(layer.shape)][group.index(layer.name)].detach().clone()
+    return out
+
+
+def reference_loss(name, model, recorder=None, s=2, lr=0.1, learned=None, training=True, **options):
     """The official computation, one layer and one projection at a time (docs/reference.md §1)."""
     angular = s in ("a1", "a2")  # docs/reference.md §1: a0 keeps the weights of s = 0, 1, 2
     lam_h = options.get("lambda_hidden", 0.1 if angular else 1.0)
     lam_o = options.get("lambda_output", 1.0 if angular else 10.0)
     comhe = name.endswith("comhe")
+    proj_dim = options.get("proj_dim", 30 if name in ("ap_comhe", "adv_comhe") else 40)
     total = 0.0
     for layer in find_layers(model):
         w = neurons(layer.weight)
         if layer.role == "output":
             total = total + lam_o * hyperspherical_energy(w, s=s)
             continue
-        p = recorder.matrices_for(layer.weight) if (comhe and recorder is not None) else None
         rgb_conv = layer.weight.dim() > 2 and layer.weight.shape[1] == 3  # the official n_input == 3: unprojected
-        if name == "g_comhe" and not rgb_conv and layer.fan_in > options.get("num_proj", 8):
-            groups = options.get("num_proj", 8)
+        groups = min(options.get("num_proj", 8), layer.fan_in // options.get("min_group_size", 8))
+        if name == "g_comhe" and not rgb_conv and groups > 1:
             size = math.ceil(w.shape[1] / groups)
             padded = torch.nn.functional.pad(w, (0, size * groups - w.shape[1]))
             term = sum(hyperspherical_energy(padded[:, c * size:(c + 1) * size], s=s, half_space=True)
                        for c in range(groups)) / groups
-        elif p is not None:
+        elif name in ("ap_comhe", "adv_comhe") and not rgb_conv and layer.fan_in > proj_dim:
+            iters = options.get("proj_iters", 1 if name == "ap_comhe" else 10)
+            p, _ = learned_lookahead(name, w, learned[layer.name], lr, iters, training=training)
+            term = sum(hyperspherical_energy(w @ p[c].T, s=s, half_space=True) for c in range(p.shape[0])) / p.shape[0]
+        elif name == "rp_comhe" and not rgb_conv and layer.fan_in > proj_dim:
+            p = recorder.matrices_for(layer.weight)
             term = sum(hyperspherical_energy(w @ p[c].T, s=s, half_space=True) for c in range(p.shape[0])) / p.shape[0]
         else:
             term = hyperspherical_energy(w, s=s, half_space=comhe or name == "hs_mhe")
@@ -80,36 +130,61 @@ def reference_loss(name, model, recorder=None, s=2, **options):
     return total
 
 
-@pytest.mark.parametrize("name", ["mhe", "hs_mhe", "rp_comhe", "g_comhe", "ap_comhe", "adv_comhe"])
-@pytest.mark.parametrize("make_model", [small_cnn, mlp])
-def test_fast_equals_per_layer_reference(name, make_model, monkeypatch):
-    model = make_model().double()
+PROJECTED_OPTIONS = {"rp_comhe": {"proj_dim": 6, "num_proj": 3}, "ap_comhe": {"proj_dim": 6, "num_proj": 3},
+                     "adv_comhe": {"proj_dim": 6, "num_proj": 2, "proj_iters": 3},
+                     "g_comhe": {"num_proj": 4, "min_group_size": 4}}
+
+
+def check_against_reference(name, model, monkeypatch, s=2, training=True, **options):
+    """The regulariser's loss, stats and gradients equal the per-layer reference in float64; AP/Adv's stored P
+    took the reference's inner steps."""
     recorder = Recorder(monkeypatch)
-    options = {"proj_dim": 6, "num_proj": 3} if name in ("rp_comhe", "ap_comhe", "adv_comhe") else {}
-    reg = regularizers.build(name, model, **options)
+    reg = regularizers.build(name, model, s=s, **options)
+    reg.train(training)
+    learned = learned_state(reg) if name in ("ap_comhe", "adv_comhe") else None
     loss, stats = reg(lr=0.1)
-    grads = torch.autograd.grad(loss, [l.weight for l in find_layers(model)])
-    ref = reference_loss(name, model, recorder, **options)
+    weights = [l.weight for l in find_layers(model)]
+    grads = torch.autograd.grad(loss, weights)
+    ref = reference_loss(name, model, recorder, s=s, learned=learned, training=training, **options)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-10)
     assert stats["total"] == pytest.approx(loss.item(), rel=1e-10)
-    if name in ("mhe", "hs_mhe", "rp_comhe", "g_comhe"):  # AP/Adv add the look-ahead's 2nd-order gradient
-        ref_grads = torch.autograd.grad(ref, [l.weight for l in find_layers(model)])
-        for g, r in zip(grads, ref_grads):
-            assert torch.allclose(g, r, rtol=1e-8, atol=1e-12)
+    ref_grads = torch.autograd.grad(ref, weights)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, rtol=1e-8, atol=1e-12)
+    if learned is not None:
+        after = learned_state(reg)
+        for layer in find_layers(model):
+            if layer.name in learned:
+                iters = options.get("proj_iters", 1 if name == "ap_comhe" else 10)
+                _, stepped = learned_lookahead(name, neurons(layer.weight), learned[layer.name], 0.1, iters,
+                                               training=training)
+                assert torch.allclose(after[layer.name], stepped, rtol=1e-10, atol=1e-12)
+    return reg
 
 
-@pytest.mark.parametrize("s", [0, 1, "a0", "a1", "a2"])
-def test_every_power_matches_reference(s):
-    model = small_cnn()
-    for name in ("mhe", "hs_mhe"):
-        loss, _ = regularizers.build(name, model, s=s)()
-        assert loss.item() == pytest.approx(reference_loss(name, model, s=s).item(), rel=1e-5)
+@pytest.mark.parametrize("name", ENERGY_NAMES)
+@pytest.mark.parametrize("make_model", [small_cnn, mlp])
+def test_fast_equals_per_layer_reference(name, make_model, monkeypatch):
+    check_against_reference(name, make_model().double(), monkeypatch, **PROJECTED_OPTIONS.get(name, {}))
+
+
+@pytest.mark.parametrize("s", [0, 1, 2, "a0", "a1", "a2"])
+@pytest.mark.parametrize("name", ENERGY_NAMES)
+def test_every_power_matches_reference_with_gradients(name, s, monkeypatch):
+    """Every regulariser and power, half- and full-space, projected or not, AP/Adv inner steps included: float64."""
+    check_against_reference(name, small_cnn(width=4).double(), monkeypatch, s=s, **PROJECTED_OPTIONS.get(name, {}))
+
+
+@pytest.mark.parametrize("name", ["ap_comhe", "adv_comhe"])
+def test_learned_projections_in_eval_mode_take_no_inner_step(name, monkeypatch):
+    check_against_reference(name, mlp().double(), monkeypatch, training=False, **PROJECTED_OPTIONS[name])
 
 
 def test_official_layer_policy_for_comhe():
     model = small_cnn()
     reg = regularizers.build("rp_comhe", model, proj_dim=6, num_proj=2)
-    policy = {layer.name: (g.half_space, g.projected, g.weight) for g in reg.groups for layer in g.layers}
+    policy = {layer.name: (t.kind != "full", t.kind == "projected", t.weight)
+              for layer, t in zip(reg.layers, reg.terms)}
     assert policy == {
         "conv0": (True, False, 1.0),  # first conv, 3 input channels: unprojected half-space
         "conv1": (True, True, 1.0), "conv2": (True, True, 1.0), "conv3": (True, True, 1.0),
@@ -118,11 +193,11 @@ def test_official_layer_policy_for_comhe():
     }
     # A hidden layer whose fan-in is not above proj_dim is not compressed by projecting: unprojected half-space.
     wide = regularizers.build("rp_comhe", model, proj_dim=100)
-    assert {layer.name for g in wide.groups if g.projected for layer in g.layers} == {"conv4", "conv5"}
+    assert projected_layers(wide) == {"conv4", "conv5"}
 
 
 def projected_layers(reg):
-    return {layer.name for g in reg.groups if g.projected for layer in g.layers}
+    return {layer.name for layer, t in zip(reg.layers, reg.terms) if t.kind == "projected"}
 
 
 @pytest.mark.parametrize("model_name", ["cnn6", "cnn9", "cnn15", "resnet20", "resnet32", "resnet18", "resnet50"])
@@ -179,10 +254,10 @@ def test_exclude_leaves_layers_out_and_rejects_patterns_that_match_nothing():
 def test_mhe_policy_and_angular_weights():
     model = small_cnn()
     mhe = regularizers.build("mhe", model)
-    assert all(not g.half_space and not g.projected for g in mhe.groups)
+    assert all(t.kind == "full" for t in mhe.terms)
     hs = regularizers.build("hs_mhe", model)
-    assert {l.name: g.half_space for g in hs.groups for l in g.layers}["conv6"] is False
-    assert all(g.half_space for g in hs.groups if g.layers[0].role != "output")
+    kinds = {layer.name: t.kind for layer, t in zip(hs.layers, hs.terms)}
+    assert kinds.pop("conv6") == "full" and set(kinds.values()) == {"half"}
     # docs/reference.md §1 (official code): 0.1 / 1 for a1 and a2; every other power, a0 included, 1 / 10
     weights = {s: (r.lambda_hidden, r.lambda_output)
                for s in (0, 1, 2, "a0", "a1", "a2") for r in [regularizers.build("mhe", model, s=s)]}
@@ -249,7 +324,7 @@ def test_state_dict_restores_the_projection_state():
     ap(lr=0.1)
     copy = regularizers.build("ap_comhe", model, proj_dim=6)
     copy.load_state_dict(ap.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(ap.proj.matrices(), copy.proj.matrices()))
+    assert all(torch.equal(a, b) for a, b in zip(ap.proj.matrices_by_group(), copy.proj.matrices_by_group()))
     assert copy(lr=0.1)[0].item() == pytest.approx(ap(lr=0.1)[0].item(), rel=1e-6)
 
 

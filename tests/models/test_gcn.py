@@ -70,7 +70,7 @@ def test_options_and_their_checks():
 
 def plan(reg):
     """layer -> (half-space, projected, weight) as the regulariser will compute it."""
-    return {layer.name: (g.half_space, g.projected, g.weight) for g in reg.groups for layer in g.layers}
+    return {layer.name: (t.kind != "full", t.kind == "projected", t.weight) for layer, t in zip(reg.layers, reg.terms)}
 
 
 @pytest.mark.parametrize("name, conv1", [

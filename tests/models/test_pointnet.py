@@ -179,8 +179,7 @@ def test_layer_plan_of_every_model_and_regulariser(model_name, reg_name):
     if model_name == "pointnet_tnet":
         options["exclude"] = TRANSFORMS
     reg = regularizers.build(reg_name, model, **options)
-    plan = {layer.name: (group.projected, group.half_space, layer.role) for group in reg.groups
-            for layer in group.layers}
+    plan = {layer.name: (t.kind == "projected", t.kind != "full", layer.role) for layer, t in zip(reg.layers, reg.terms)}
     every = [layer.name for layer in find_layers(model)]
     kept = [n for n in every if not n.endswith("_transform.transform")]
     assert list(plan) != [] and sorted(plan) == sorted(kept)
@@ -194,7 +193,7 @@ def test_layer_plan_of_every_model_and_regulariser(model_name, reg_name):
         assert half_space == (reg_name != "mhe"), name
         assert projected == (reg_name in ("rp_comhe", "ap_comhe") and name not in xyz_layers), name
     if model_name == "pointnet_tnet":
-        assert max(g.layers[0].num_neurons for g in reg.groups) == 1024       # no 4,096-neuron transform left
+        assert max(layer.num_neurons for layer in reg.layers) == 1024       # no 4,096-neuron transform left
         with pytest.raises(ValueError, match="matches no regularisable layer"):
             regularizers.build(reg_name, models.build("pointnet", 40), exclude=TRANSFORMS)  # PN has no T-Nets
 

@@ -52,3 +52,93 @@ def test_cuda_graph_step_matches_eager(tmp_path, regularizer):
     for (l1, c1, r1), (l2, c2, r2) in zip(eager, graphed):
         assert l2 == pytest.approx(l1, rel=1e-5) and r2 == pytest.approx(r1, rel=1e-5)
     assert_same_updates(w_eager, w_graphed, 1e-5)
+
+
+class _FailsToCompile(torch.nn.Module):
+    """What torch.compile returns, failing in its first call as a backend that cannot compile would."""
+
+    def __init__(self, net):
+        super().__init__()
+        self._orig_mod = net
+
+    def forward(self, *args):
+        raise RuntimeError("BackendCompilerFailed: simulated")
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch):
+    """A mode that cannot run on this torch / card falls back to the eager step (same numbers), not a failed run."""
+    eager, w_eager = run_steps(cfg_for(tmp_path))
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: _FailsToCompile(fn) if isinstance(
+        fn, torch.nn.Module) else (lambda *a, **k: (_ for _ in ()).throw(RuntimeError("simulated"))))
+    with pytest.warns(RuntimeWarning, match="step mode 'compile' failed.*falling back to the eager step"):
+        fallen, w_fallen = run_steps(cfg_for(tmp_path, compile=True))
+    assert fallen == eager
+    assert all(torch.equal(w_eager[k], w_fallen[k]) for k in w_eager)
+
+
+def test_every_compiled_regulariser_has_its_own_cache():
+    """Dynamo keeps at most 8 graphs per code object and then runs eagerly without a word: each regulariser
+    compiles its own copy of the loss function, so 10 of them (10 shapes) compile 10 graphs."""
+    from comhe import regularizers
+    compiled = []
+
+    def backend(graph_module, example_inputs):
+        compiled.append(graph_module)
+        return graph_module.forward
+
+    for width in range(1, 11):
+        model = torch.nn.Sequential(torch.nn.Linear(6, 4 + width, bias=False), torch.nn.Linear(4 + width, 3))
+        reg = regularizers.build("hs_mhe", model).compile(backend=backend)
+        loss, _ = reg(stats=False)
+        expected, _ = regularizers.build("hs_mhe", model)(stats=False)
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert len(compiled) >= 10
+
+
+def test_channels_last_takes_true_false_auto():
+    assert config.resolve(["channels_last=true"])["channels_last"] is True
+    assert config.resolve(["channels_last=false"])["channels_last"] is False
+    assert config.resolve()["channels_last"] == "auto"
+    with pytest.raises(config.ConfigError, match="channels_last must be one of auto, True, False, got 1"):
+        config.resolve(["channels_last=1"])
+
+
+def test_ddp_drops_the_buffer_broadcast_beside_sync_batchnorm():
+    from comhe.train import distributed
+    assert distributed.ddp_options(torch.device("cuda", 1)) == {"device_ids": [1], "broadcast_buffers": False}
+    assert distributed.ddp_options(torch.device("cpu")) == {"device_ids": None}  # per-rank BN: DDP broadcasts
+
+
+def test_capture_runs_in_thread_local_error_mode(tmp_path, monkeypatch):
+    """A capture in the default (global) mode is invalidated by CUDA calls from other threads, e.g. the
+    DataLoader's pin-memory thread; the step captures thread-locally. The CUDA graph API is faked: no GPU here."""
+    from types import SimpleNamespace
+    from comhe.train import steps
+    s = engine.prepare(cfg_for(tmp_path, regularizer="none", reg={}))
+    seen = {}
+
+    class FakeGraph:
+        def register_generator_state(self, gen):
+            pass
+
+        def pool(self):
+            return "pool"
+
+    class FakeCapture:
+        def __init__(self, graph, pool=None, **kwargs):
+            seen.update(kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", FakeCapture)
+    fake = SimpleNamespace(**{**vars(s), "device": torch.device("cuda")})
+    step = steps.GraphStep(fake)
+    fake.device = s.device  # the captured body runs on the CPU tensors
+    step.static_x, step.static_y = s.loader.next_batch()
+    step._capture(0.02)
+    assert seen == {"capture_error_mode": "thread_local"} and 0.02 in step.graphs
