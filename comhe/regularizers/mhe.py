@@ -12,7 +12,7 @@ Energy regularisers (docs/reference.md §1, defaults = the official code):
 ``mhe``        every hidden layer: full-space MHE; classifier: full-space MHE
 ``hs_mhe``     every hidden layer: half-space MHE; classifier: full-space MHE
 ``rp_comhe``   a conv with 3 input channels, or a layer of fan-in <= proj_dim: unprojected half-space MHE;
-``ap_comhe``   every other hidden layer, fc included: half-space MHE of its projections (``projections.py``),
+``ap_comhe``   every other hidden layer, fc included: half-space MHE of its projections (``projections``),
 ``adv_comhe``  averaged over the ``num_proj`` projections; classifier: full-space, unprojected MHE
 ``g_comhe``
 =============  =====================================================================================
@@ -201,7 +201,7 @@ class _LearnedCoMHE(EnergyRegularizer):
 
 class AngleProjectionCoMHE(_LearnedCoMHE):
     """``proj_lr`` is used only when ``reg()`` is called without ``lr``, or always with ``proj_lr_fixed=True``
-    (``learned_projections.LearnedProjection.step_lr``)."""
+    (``projections.learned.LearnedProjection.step_lr``)."""
 
     projection = "angle"
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from comhe import projection_base, regularizers
+from comhe import regularizers
+from comhe.projections import base as projection_base
 from comhe.energy import hyperspherical_energy, neurons
 from comhe.layers import find_layers
 from comhe.stacking import flat_view, memory_positions

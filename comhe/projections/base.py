@@ -1,4 +1,4 @@
-"""What every CoMHE projection shares (``projections.py`` has the registry and the overview): the base class, the
+"""What every CoMHE projection shares (the package docstring has the registry and the overview): the base class, the
 projection of a bucket's neurons, the layer order of the draws."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .stacking import Stack, Stacker
+from ..stacking import Stack, Stacker
 
 
 class _ProjectTransposed(torch.autograd.Function):

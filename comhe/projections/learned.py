@@ -1,6 +1,6 @@
 """The learned CoMHE projections, AP (angle-preserving) and Adv (adversarial): one ``P`` per layer, ``iters`` inner
 steps per call on every layer at once (one batched objective, one gradient), then a look-ahead ``P~`` inside the
-autograd graph. The definitions are in ``projections.py``'s docstring (docs/reference.md §1)."""
+autograd graph. The definitions are in the package docstring (docs/reference.md §1)."""
 from __future__ import annotations
 
 import math
@@ -9,9 +9,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .pairs import Block, PairPlan, pair_cosines, pair_energy
-from .projection_base import Projection, project_columns, shape_major
-from .stacking import Stack, Stacker
+from ..pairs import Block, PairPlan, pair_cosines, pair_energy
+from ..stacking import Stack, Stacker
+from .base import Projection, project_columns, shape_major
 
 
 class LearnedProjection(Projection):
