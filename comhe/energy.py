@@ -218,7 +218,7 @@ def layer_energies(model: torch.nn.Module, s: Power = 2, eps: float = 1e-4, excl
 
     out: Dict[str, float] = {}
     with torch.no_grad():
-        for group in group_by_shape(find_layers(model, exclude=exclude)):
+        for group in group_by_shape(find_layers(model, exclude=exclude, warn=False)):
             w = stack_neurons(group).float()
             values = energy_from_gram(w @ w.transpose(1, 2), s=s, eps=eps).cpu().tolist()
             out.update({layer.name: v for layer, v in zip(group, values)})

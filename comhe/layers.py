@@ -147,14 +147,15 @@ def _warn_if_ambiguous(found: "OrderedDict[str, nn.Module]", classifier: str) ->
 
 
 def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Patterns = None,
-                example_input=None) -> List[Layer]:
+                example_input=None, warn: bool = True) -> List[Layer]:
     """Every regularisable layer of ``model`` with its role, in forward order if ``example_input`` is given (layers
     the forward does not call follow, in registration order), else in registration order.
 
     classifier: the module name of the output layer (e.g. ``"fc"``); default the last linear or 1x1 conv.
     exclude: module-name patterns of layers to leave out (see the module docstring).
     Raises ``ValueError`` if the model has no regularisable layer, ``classifier`` names none of them, or an
-    ``exclude`` pattern matches none of them; warns when the default classifier is ambiguous (module docstring).
+    ``exclude`` pattern matches none of them; warns when the default classifier is ambiguous (module docstring),
+    unless ``warn=False`` (monitors, which only sum energies, have nothing to warn a user about).
     """
     model = unwrap(model)
     found: "OrderedDict[str, nn.Module]" = OrderedDict()
@@ -184,7 +185,7 @@ def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Pat
     if classifier is None:
         candidates = [n for n, m in found.items() if _is_classifier_candidate(m)]
         classifier = candidates[-1] if candidates else None
-        if classifier is not None and example_input is None:
+        if classifier is not None and example_input is None and warn:
             _warn_if_ambiguous(found, classifier)
     elif classifier not in found:
         raise ValueError(f"classifier {classifier!r} is not a regularisable layer of the model; "

@@ -142,7 +142,7 @@ def _check_buildable(cfg: Mapping[str, Any]) -> None:
             what = f"regularizer {cfg['regularizer']!r}"
             regularizers.build(cfg["regularizer"], _CHECK_MODELS[model_key], **cfg["reg"])
             what = "monitor_exclude"
-            find_layers(_CHECK_MODELS[model_key], exclude=cfg["monitor_exclude"])
+            find_layers(_CHECK_MODELS[model_key], exclude=cfg["monitor_exclude"], warn=False)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{what}: {err}") from None
     _BUILDABLE.add(key)

@@ -122,7 +122,9 @@ def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_
     sums = {k: v.item() for k, v in window.items()}
     steps = max(sums["steps"], 1.0)
     energies = layer_energies(s.model, exclude=s.cfg.get("monitor_exclude"))
-    roles = {layer.name: layer.role for layer in find_layers(s.model, exclude=s.cfg.get("monitor_exclude"))}
+    # The regulariser's classifier where the config names one, so that hidden_energy sums the layers it calls hidden
+    roles = {layer.name: layer.role for layer in find_layers(s.model, classifier=s.cfg["reg"].get("classifier"),
+                                                             exclude=s.cfg.get("monitor_exclude"), warn=False)}
     row = {"iteration": iteration, "epoch": iteration * s.cfg["batch_size"] / s.bundle.num_train,
            "lr": lr_at(s.cfg, max(iteration - 1, 0)),
            "train_loss": sums["loss"] / steps if sums["steps"] else float("nan"),

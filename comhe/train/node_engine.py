@@ -142,7 +142,7 @@ def evaluate(s: NodeSetup) -> Dict[str, float]:
 def _energies(model: nn.Module) -> Dict[str, float]:
     """The energy monitor of every layer and ``hidden``, their sum over the layers that are not the classifier."""
     energies = layer_energies(model)
-    roles = {layer.name: layer.role for layer in find_layers(model)}
+    roles = {layer.name: layer.role for layer in find_layers(model, warn=False)}
     return {**{f"energy/{k}": v for k, v in energies.items()},
             "hidden": sum(v for k, v in energies.items() if roles[k] != "output")}
 
