@@ -146,11 +146,7 @@ def tag_setup(tags: DeviceTags, s) -> None:
     bundle = s.bundle
     tags.tag([t for t in (bundle.train_images, bundle.train_labels, bundle.test_images, bundle.test_labels)
               if t is not None])
-    loader = s.loader
-    tags.tag([v for k, v in vars(loader).items() if isinstance(v, torch.Tensor) and k in ("images", "labels",
-                                                                                         "_perm_device")])
-    if getattr(loader, "_params", None) is not None:
-        tags.tag(list(loader._params))
+    tags.tag(s.loader.device_tensors())
 
 
 def measure(cfg: Dict, run_dir: str, steps_per_epoch: Optional[int] = None) -> DeviceTags:

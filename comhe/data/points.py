@@ -18,8 +18,9 @@ Augmentations by name (``AUGMENTATIONS``), each a batch of draws applied in one 
 ==============  ==============================================================================================
 
 Determinism as ``streams.TensorLoader``: the epoch permutation and every per-shape draw (angles, scales, shifts, the
-shuffle) come from a private CPU generator, for the whole *global* batch, so the stream does not depend on the
-world size and ``state_dict`` resumes it exactly. The per-point jitter ``[G, 3, P]`` is drawn on the device, from a
+shuffle) come from a private CPU generator, for the whole *global* batch, drawn when the epoch starts and uploaded
+then (``streams.EpochStream``), so the stream does not depend on the world size, a batch copies nothing from the
+host, and ``state_dict`` resumes it exactly. The per-point jitter ``[G, 3, P]`` is drawn on the device, from a
 device generator seeded per batch from the CPU one: no host-to-device copy of the noise, and still resumable; but
 it is the device's RNG, so a CPU and a CUDA run of the same seed see different jitter (same distribution).
 Deviations from the official loops (the distributions are the same): one permutation over all training shapes per
@@ -28,12 +29,13 @@ epoch (official: the files in a random order, each shuffled), and the last incom
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..registry import Registry
+from .streams import EpochStream
 
 AUGMENTATIONS = Registry("point-cloud augmentation")
 JITTER_SIGMA, JITTER_CLIP = 0.01, 0.05
@@ -129,12 +131,15 @@ def eval_point_batches(points: Tensor, labels: Tensor, batch_size: int, rank: in
         yield points[start:start + batch_size], labels[start:start + batch_size]
 
 
-class PointCloudLoader:
+class PointCloudLoader(EpochStream):
     """Unbounded stream of augmented batches from on-device clouds ``[S, 3, P]`` and labels ``[S]``.
 
-    Epochs, global batches, rank slices, ``drop_last`` and ``state_dict`` work as in ``streams.TensorLoader``; with
-    ``world_size`` ranks of batch ``B / world_size`` the ranks together see exactly the batches of one process with
-    batch ``B``."""
+    Epochs, global batches, rank slices, ``drop_last`` and ``state_dict`` work as in ``streams.TensorLoader``
+    (``streams.EpochStream``): the epoch's permutation and every global batch's draws (matrices, shifts, point orders)
+    go to the device when the epoch starts, so a batch costs no host-to-device copy; with ``world_size`` ranks of
+    batch ``B / world_size`` the ranks together see exactly the batches of one process with batch ``B``."""
+
+    kind = "shapes"
 
     def __init__(self, points: Tensor, labels: Tensor, batch_size: int, augmentation: str = "pointnet", seed: int = 0,
                  rank: int = 0, world_size: int = 1):
@@ -142,57 +147,36 @@ class PointCloudLoader:
             raise ValueError(f"points must be float [S, 3, P], got {points.dtype} {tuple(points.shape)}")
         if labels.shape != points.shape[:1]:
             raise ValueError(f"labels must be [S] = [{points.shape[0]}], got {tuple(labels.shape)}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-        self.draw = AUGMENTATIONS.get(augmentation)
+        self.draw_params = AUGMENTATIONS.get(augmentation)
         self.points, self.labels, self.augmentation = points, labels.long(), augmentation
-        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
-        self.global_batch, self.seed = batch_size * world_size, seed
-        self.steps_per_epoch = points.shape[0] // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{points.shape[0]} shapes cannot fill one global batch of {self.global_batch}")
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.step = 0, 0
-        self._perm = torch.randperm(points.shape[0], generator=self.generator)
+        self._matrix = self._shift = self._order = None
+        self._seeds: List[int] = []
+        super().__init__(points.shape[0], batch_size, seed, rank, world_size, True, points.device)
 
-    def __iter__(self) -> "PointCloudLoader":
-        return self
+    def draw(self, size: int, generator: torch.Generator) -> Optional[PointAugmentParams]:
+        return self.draw_params(size, self.points.shape[2], generator)
 
-    def __next__(self) -> Tuple[Tensor, Tensor]:
-        return self.next_batch()
+    def pack(self, draws: List[PointAugmentParams]) -> List[Tensor]:
+        out = [torch.cat([d.matrix for d in draws]), torch.cat([d.shift for d in draws])]
+        return out + ([torch.stack([d.order for d in draws])] if draws[0].order is not None else [])
 
-    def __len__(self) -> int:
-        return self.steps_per_epoch
+    def unpack(self, tensors: List[Tensor], draws: List) -> None:
+        self._matrix, self._shift = (tensors[0], tensors[1]) if tensors else (None, None)
+        self._order = tensors[2] if len(tensors) > 2 else None      # [steps, P]: one point order per batch
+        self._seeds = [d.jitter_seed for d in draws] if tensors else []
 
-    def next_batch(self) -> Tuple[Tensor, Tensor]:
-        """``(x float32 [batch_size, 3, P], y int64 [batch_size])`` on the clouds' device."""
-        if self.step == self.steps_per_epoch:
-            self.epoch, self.step = self.epoch + 1, 0
-            self._perm = torch.randperm(self.points.shape[0], generator=self.generator)
-        start = self.step * self.global_batch
-        global_idx = self._perm[start:start + self.global_batch]
-        params = self.draw(self.global_batch, self.points.shape[2], self.generator)
-        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        idx = global_idx[mine].to(self.points.device, non_blocking=True)
-        self.step += 1
+    def device_tensors(self) -> List[Tensor]:
+        return [t for t in (self._perm_device, self._matrix, self._shift, self._order) if t is not None]
+
+    def make_batch(self, idx: Tensor, step: int, rows: slice, mine: slice) -> Tuple[Tensor, Tensor]:
         x, y = self.points[idx], self.labels[idx]
-        if params is None:
+        if self._matrix is None:
             return x, y
-        noise = None if params.jitter_seed < 0 else jitter(tuple(x.shape), params.jitter_seed, x.device,
-                                                            self.global_batch, mine)
-        return augment_points(x, params.select(mine), noise), y
+        seed = self._seeds[step]
+        params = PointAugmentParams(self._matrix[rows], self._shift[rows], seed,
+                                    None if self._order is None else self._order[step]).select(mine)
+        noise = None if seed < 0 else jitter(tuple(x.shape), seed, x.device, rows.stop - rows.start, mine)
+        return augment_points(x, params, noise), y
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "perm": self._perm.clone(),
-                "generator": self.generator.get_state(), "num_samples": int(self.points.shape[0]),
-                "global_batch": self.global_batch, "augmentation": self.augmentation, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        mine = {"num_samples": int(self.points.shape[0]), "global_batch": self.global_batch,
-                "augmentation": self.augmentation}
-        clash = {k: (state[k], v) for k, v in mine.items() if state[k] != v}
-        if clash:
-            raise ValueError(f"loader state does not fit this loader (saved, here): {clash}")
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self._perm = state["perm"].cpu().clone()
-        self.generator.set_state(state["generator"].cpu())
+    def identity(self) -> Dict:
+        return {"num_samples": self.num, "global_batch": self.global_batch, "augmentation": self.augmentation}

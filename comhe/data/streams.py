@@ -1,8 +1,11 @@
 """Resumable, unbounded streams of training batches, and in-order evaluation batches.
 
+* ``EpochStream``: what the on-device streams share: epochs of a permutation and per-batch draws made on a private
+  CPU generator when the epoch starts and uploaded then (one copy per dtype, pinned on CUDA), so a batch costs no host
+  work and no host-to-device copy; ``state_dict`` replays the generator to the current batch.
 * ``TensorLoader``: a dataset held on the device as uint8 ``[N, C, H, W]`` (CIFAR, Fashion-MNIST), shuffled and
-  augmented there in batches (``augment.py``), no per-image Python, and no host work per batch: the epoch's
-  permutation and crop/flip draws go to the device in one copy (pinned on CUDA) when the epoch starts.
+  augmented there in batches (``augment.py``), no per-image Python. ``points.PointCloudLoader`` is the same for
+  point clouds.
 * ``LoaderStream``: the same interface over a ``DataLoader`` (ImageNet, decoded from disk by worker processes).
 
 Both give ``next_batch() -> (x float32 [B, C, H, W], y int64 [B])`` and ``state_dict`` / ``load_state_dict``, so a
@@ -10,7 +13,7 @@ checkpoint resumes the exact stream.
 """
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -27,44 +30,70 @@ def eval_batches(images: Tensor, labels: Tensor, batch_size: int, rank: int = 0,
         yield normalize(images[start:start + batch_size]), labels[start:start + batch_size]
 
 
-class TensorLoader:
-    """Unbounded stream of random batches from on-device uint8 images ``[N, C, H, W]`` and labels ``[N]``.
+class EpochStream:
+    """An unbounded, resumable stream of random batches of ``num`` on-device samples.
 
-    Each epoch draws a permutation from a private CPU ``torch.Generator`` (device-independent streams), then the
-    crop/flip draws of each *global* batch of ``batch_size * world_size`` images, all when the epoch starts, and
-    uploads them in one copy; a batch is then slices and one gather on the device. Rank ``r`` takes rows
-    ``r*batch_size : (r+1)*batch_size`` of every global batch and of its draws, so the ranks of a 2-GPU run with
-    per-rank batch ``B/2`` see together exactly the batches (images and augmentations) of a 1-GPU run with batch
-    ``B``, and a state saved at one world size resumes at another with the same global batch.
-    When an epoch runs out the next batch starts a new one (the engine counts iterations, not epochs).
-    ``drop_last=True`` (official: 390 = 50000 // 128 iterations per epoch) drops the incomplete tail.
+    Each epoch draws a permutation from a private CPU ``torch.Generator`` (device-independent streams), then, in
+    order, the random draws of each *global* batch of ``batch_size * world_size`` samples (``draw``), all when the
+    epoch starts, and uploads them (``pack``: one copy per dtype, pinned on CUDA); a batch is then slices of those and
+    whatever the subclass does on the device (``make_batch``). Rank ``r`` takes rows ``r*batch_size : (r+1)*batch_size``
+    of every global batch and of its draws, so the ranks of a 2-GPU run with per-rank batch ``B/2`` see together
+    exactly the batches of a 1-GPU run with batch ``B``, and a state saved at one world size resumes at another with
+    the same global batch. When an epoch runs out the next batch starts a new one (the engine counts iterations).
+    ``drop_last=True`` drops the incomplete tail of an epoch.
+
+    The saved generator state is the one a stream drawing batch by batch would hold at the current batch: ``_base``
+    keeps the state at the epoch's first drawn step, from which the draws are replayed.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, augment: bool = True, seed: int = 0,
-                 drop_last: bool = True, rank: int = 0, world_size: int = 1, pad: int = PAD):
-        if images.dim() != 4 or images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-        if labels.shape != images.shape[:1]:
-            raise ValueError(f"labels must be [N] = [{images.shape[0]}], got {tuple(labels.shape)}")
+    kind = "samples"
+
+    def __init__(self, num: int, batch_size: int, seed: int, rank: int, world_size: int, drop_last: bool,
+                 device: torch.device):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         if not drop_last and world_size > 1:
             # A short last batch would give ranks different batch sizes (or none), breaking collective ops.
             raise ValueError("drop_last=False is only supported with world_size=1")
-        self.images, self.labels = images, labels.long()
+        self.num, self.device, self.seed = num, device, seed
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.global_batch = batch_size * world_size
-        self.augment, self.pad, self.seed = augment, pad, seed
-        num = images.shape[0]
         self.steps_per_epoch = num // self.global_batch if drop_last else -(-num // self.global_batch)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{num} images cannot fill one global batch of {self.global_batch} with drop_last")
+            raise ValueError(f"{num} {self.kind} cannot fill one global batch of {self.global_batch}"
+                             f"{' with drop_last' if drop_last else ''}")
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.step = 0, 0
         self._perm = torch.randperm(num, generator=self.generator)
         self._draw_epoch(0)
 
-    def __iter__(self) -> "TensorLoader":
+    # --- what a subclass defines
+    def draw(self, size: int, generator: torch.Generator):
+        """The CPU draws of one global batch of ``size`` samples (any object ``pack`` understands), or None."""
+        return None
+
+    def pack(self, draws: List) -> List[Tensor]:
+        """The epoch's draws as CPU tensors to upload; ``unpack`` gets them back on the device, in the same order."""
+        return []
+
+    def unpack(self, tensors: List[Tensor], draws: List) -> None:
+        """Keep the device-side draws (``tensors``, as ``pack`` returned them, now on the device)."""
+
+    def make_batch(self, idx: Tensor, step: int, rows: slice, mine: slice) -> Tuple[Tensor, Tensor]:
+        """The batch of samples ``idx`` (device): ``step`` is the batch's index among this epoch's drawn steps,
+        ``rows`` its global batch's rows in the per-sample draws, ``mine`` this rank's rows of that global batch."""
+        raise TypeError(f"{type(self).__name__} does not define make_batch()")  # pragma: no cover
+
+    def identity(self) -> Dict:
+        """What a saved state must match to resume this stream."""
+        return {"num_samples": self.num, "global_batch": self.global_batch}
+
+    def device_tensors(self) -> List[Tensor]:
+        """The tensors the stream keeps on the device between batches (benchmarks tag them)."""
+        return [self._perm_device] + list(self._uploaded)
+
+    # --- the shared machinery
+    def __iter__(self) -> "EpochStream":
         return self
 
     def __next__(self) -> Tuple[Tensor, Tensor]:
@@ -75,68 +104,49 @@ class TensorLoader:
         return self.steps_per_epoch
 
     def _batch_sizes(self, first: int) -> list:
-        num = self.images.shape[0]
-        return [min(self.global_batch, num - s * self.global_batch) for s in range(first, self.steps_per_epoch)]
+        return [min(self.global_batch, self.num - s * self.global_batch) for s in range(first, self.steps_per_epoch)]
 
     def _draw_epoch(self, first: int) -> None:
-        """The crop/flip draws of steps ``first ..`` of this epoch (the generator is at step ``first``'s draws), in
-        the order they were once drawn batch by batch, then the permutation and draws to the device in one copy.
-        ``_base`` keeps the generator state at step ``first``, from which ``state_dict`` replays the state at any
-        later step of the epoch."""
+        """The draws of steps ``first ..`` of this epoch (the generator is at step ``first``'s draws), then the
+        permutation and the draws to the device, one copy per dtype."""
         self._base = (first, self.generator.get_state())
-        rows = [self._perm]
-        if self.augment:
-            # Draw for the whole global batch on every rank, so the stream does not depend on the world size.
-            draws = [draw_augment_params(size, self.generator, self.pad) for size in self._batch_sizes(first)]
-            rows += [torch.cat([getattr(d, field) for d in draws]).long() for field in AugmentParams._fields]
-        packed = torch.cat(rows)
-        device = self.images.device
-        if device.type == "cuda":  # pinned: an asynchronous copy, and a fresh buffer per epoch is never overwritten
-            packed = packed.pin_memory()
-        packed = packed.to(device, non_blocking=True)
-        num = self._perm.numel()
-        self._perm_device = packed[:num]
-        draws_on_device = packed[num:].view(3, -1) if self.augment else None
-        self._params = None if draws_on_device is None else AugmentParams(
-            draws_on_device[0], draws_on_device[1], draws_on_device[2].bool())
+        draws = [self.draw(size, self.generator) for size in self._batch_sizes(first)]
+        tensors = [self._perm] + (self.pack(draws) if any(d is not None for d in draws) else [])
+        self._uploaded = upload(tensors, self.device)
+        self._perm_device = self._uploaded.pop(0)
+        self.unpack(self._uploaded, draws)
 
     def next_batch(self) -> Tuple[Tensor, Tensor]:
-        """``(x float32 [batch_size, C, H, W], y int64 [batch_size])`` on the images' device."""
+        """``(x [batch_size, ...], y int64 [batch_size])`` on the samples' device."""
         if self.step == self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
-            self._perm = torch.randperm(self.images.shape[0], generator=self.generator)
+            self._perm = torch.randperm(self.num, generator=self.generator)
             self._draw_epoch(0)
         start = self.step * self.global_batch
         global_idx = self._perm_device[start:start + self.global_batch]
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        idx = global_idx[mine]
-        x, y = self.images[idx], self.labels[idx]
-        if self._params is not None:
-            first = (self.step - self._base[0]) * self.global_batch  # every step before the last is a full batch
-            batch = self._params.select(slice(first, first + len(global_idx)))
-            x = augment_batch(x, batch.select(mine), self.pad)
+        first = (self.step - self._base[0]) * self.global_batch  # every step before the last is a full batch
+        out = self.make_batch(global_idx[mine], self.step - self._base[0], slice(first, first + len(global_idx)),
+                              mine)
         self.step += 1
-        return normalize(x), y
+        return out
 
     def _generator_state_now(self) -> Tensor:
         """The generator state at the current step's draws (what the stream saved when it drew batch by batch)."""
         first, state = self._base
         replay = torch.Generator().manual_seed(0)
         replay.set_state(state)
-        if self.augment:
-            for size in self._batch_sizes(first)[:self.step - first]:
-                draw_augment_params(size, replay, self.pad)
+        for size in self._batch_sizes(first)[:self.step - first]:
+            self.draw(size, replay)
         return replay.get_state()
 
     def state_dict(self) -> dict:
         """Everything needed to continue the stream: epoch, step in it, its permutation, the generator state."""
         return {"epoch": self.epoch, "step": self.step, "perm": self._perm.clone(),
-                "generator": self._generator_state_now(), "num_samples": int(self.images.shape[0]),
-                "global_batch": self.global_batch, "augment": self.augment, "seed": self.seed}
+                "generator": self._generator_state_now(), **self.identity(), "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = {"num_samples": int(self.images.shape[0]), "global_batch": self.global_batch, "augment": self.augment}
-        clash = {k: (state[k], v) for k, v in mine.items() if state[k] != v}
+        clash = {k: (state[k], v) for k, v in self.identity().items() if state[k] != v}
         if clash:
             raise ValueError(f"loader state does not fit this loader (saved, here): {clash}")
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -147,6 +157,64 @@ class TensorLoader:
             self._draw_epoch(self.step)  # the rest of this epoch (the next epoch draws its own when it starts)
         else:
             self._base = (self.step, self.generator.get_state())
+
+
+def upload(tensors: Sequence[Tensor], device: torch.device) -> List[Tensor]:
+    """CPU ``tensors`` on ``device``, one copy per dtype (pinned on CUDA: asynchronous, and a fresh buffer per call is
+    never overwritten while the copy runs); returned in their order and shapes."""
+    out: List[Optional[Tensor]] = [None] * len(tensors)
+    by_dtype: Dict[torch.dtype, List[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for group in by_dtype.values():
+        packed = torch.cat([tensors[i].reshape(-1) for i in group])
+        if device.type == "cuda":
+            packed = packed.pin_memory()
+        packed = packed.to(device, non_blocking=True)
+        for i, part in zip(group, packed.split([tensors[i].numel() for i in group])):
+            out[i] = part.view(tensors[i].shape)
+    return out
+
+
+class TensorLoader(EpochStream):
+    """The stream of on-device uint8 images ``[N, C, H, W]`` and labels ``[N]`` with the official CIFAR augmentation
+    (``augment.py``: the crop offsets and flips of a global batch are its draws). ``drop_last=True`` (official:
+    390 = 50000 // 128 iterations per epoch)."""
+
+    kind = "images"
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, augment: bool = True, seed: int = 0,
+                 drop_last: bool = True, rank: int = 0, world_size: int = 1, pad: int = PAD):
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must be [N] = [{images.shape[0]}], got {tuple(labels.shape)}")
+        self.images, self.labels = images, labels.long()
+        self.augment, self.pad = augment, pad
+        self._params: Optional[AugmentParams] = None
+        super().__init__(images.shape[0], batch_size, seed, rank, world_size, drop_last, images.device)
+
+    def draw(self, size: int, generator: torch.Generator) -> Optional[AugmentParams]:
+        # Drawn for the whole global batch on every rank, so the stream does not depend on the world size.
+        return draw_augment_params(size, generator, self.pad) if self.augment else None
+
+    def pack(self, draws: List[AugmentParams]) -> List[Tensor]:
+        return [torch.cat([getattr(d, field) for d in draws]).long() for field in AugmentParams._fields]
+
+    def unpack(self, tensors: List[Tensor], draws: List) -> None:
+        self._params = AugmentParams(tensors[0], tensors[1], tensors[2].bool()) if tensors else None
+
+    def device_tensors(self) -> List[Tensor]:
+        return [self._perm_device] + (list(self._params) if self._params is not None else [])
+
+    def make_batch(self, idx: Tensor, step: int, rows: slice, mine: slice) -> Tuple[Tensor, Tensor]:
+        x, y = self.images[idx], self.labels[idx]
+        if self._params is not None:
+            x = augment_batch(x, self._params.select(rows).select(mine), self.pad)
+        return normalize(x), y
+
+    def identity(self) -> Dict:
+        return {**super().identity(), "augment": self.augment}
 
 
 class LoaderStream:

@@ -37,3 +37,20 @@ def test_learned_and_group_projections_add_no_sync_or_copy(tmp_path):
     for regularizer in ("ap_comhe", "g_comhe"):
         tags = transfers.measure(transfers.small_cfg(regularizer, iterations=41), str(tmp_path / regularizer))
         assert transfers.steady_state(tags, 41) == {"sync": 1}, regularizer  # the check at 40, nothing else
+
+
+def test_the_point_cloud_stream_copies_only_when_an_epoch_starts():
+    """PointNet++'s augmentation (rotations, scale, shift, jitter, a point order): a batch reads only device tensors;
+    the epoch's permutation and draws go to the device once, when the epoch starts (one copy per dtype)."""
+    from comhe.data.points import PointCloudLoader
+    points = torch.randn(40, 3, 32)
+    loader = PointCloudLoader(points, torch.arange(40) % 4, 8, "pointnet2", seed=1)   # 5 batches an epoch
+    tags = transfers.DeviceTags()
+    tags.tag(points, loader.labels, loader.device_tensors())
+    with transfers.host_transfers(tags, torch.device("cpu")):
+        for step in range(1, 11):
+            tags.iteration = step
+            x, y = loader.next_batch()
+            assert tags.on_device(x) and tags.on_device(y)
+    events = [(it, kind) for it, kind, _ in tags.events]
+    assert events == [(6, "pageable copy"), (6, "pageable copy")]  # epoch 1 starts: int64 (perm, orders), float
