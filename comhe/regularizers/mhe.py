@@ -130,6 +130,7 @@ class EnergyRegularizer(Regularizer):
         stack = self.stacker()
         mats = self.proj.matrices(stack, lr) if self.proj is not None else []
         if self._compiled is not None:
+            self.pairs.indices()  # the packed list's indices: built outside the graph (a chunked plan builds them late)
             if self.proj is not None:
                 self.proj.prepare(stack)  # gather indices: built outside the graph, once per memory layout
             return self._compiled(stack.flat, stack.orders, mats)
