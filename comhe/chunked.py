@@ -53,11 +53,13 @@ class Chunk:
     block: int         # the plan's index of its first block
 
 
-def plan_chunks(blocks, shapes: Sequence[Tuple[int, int]], limit: int = CHUNK_ENTRIES
+def plan_chunks(blocks, shapes: Sequence[Tuple[int, int]], limit: Optional[int] = None
                 ) -> Tuple[List[Chunk], List[bool]]:
     """The chunks of the plan's ``blocks`` (in block order) over buckets of ``shapes`` (Grams ``B``, padded neuron
-    count ``N``) laid out one after the other in the flat Gram buffer, and per bucket whether its chunks cover every
-    entry of its neurons (every slot a block of ``N`` real neurons; otherwise its gradient starts from zeros)."""
+    count ``N``) laid out one after the other in the flat Gram buffer, at most ``limit`` (``CHUNK_ENTRIES``) Gram
+    entries each unless one Gram is larger, and per bucket whether its chunks cover every entry of its neurons (every
+    slot a block of ``N`` real neurons; otherwise its gradient starts from zeros)."""
+    limit = CHUNK_ENTRIES if limit is None else limit
     starts, start = [], 0
     for count, stride in shapes:
         starts.append(start)

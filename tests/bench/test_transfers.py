@@ -37,3 +37,11 @@ def test_learned_and_group_projections_add_no_sync_or_copy(tmp_path):
     for regularizer in ("ap_comhe", "g_comhe"):
         tags = transfers.measure(transfers.small_cfg(regularizer, iterations=41), str(tmp_path / regularizer))
         assert transfers.steady_state(tags, 41) == {"sync": 1}, regularizer  # the check at 40, nothing else
+
+
+def test_the_chunked_energy_adds_no_sync_or_copy(tmp_path, monkeypatch):
+    """The CPU's Gram-by-Gram path for long pair lists (``comhe/chunked.py``), forced on the small run."""
+    from comhe import pairs
+    monkeypatch.setattr(pairs, "PACKED_CPU_ENTRIES", 0)
+    tags = transfers.measure(transfers.small_cfg("rp_comhe", iterations=41), str(tmp_path / "run"))
+    assert transfers.steady_state(tags, 41) == {"sync": 1}  # the check at 40, nothing else
