@@ -44,12 +44,13 @@ def test_chunks_merge_equal_neighbours_of_one_bucket_up_to_the_limit():
     specs = [(5, 5, True, 1.0)] * 3 + [(5, 3, True, 1.0)] + [(5, 5, True, 1.0)] * 2 + [(5, 5, True, 2.0)]
     blocks = [Block(25 * k, stride, n, half, w, 0) for k, (stride, n, half, w) in enumerate(specs)]
     chunks, covered = plan_chunks(blocks, [(4, 5), (3, 5)], limit=50)
-    assert chunks == [Chunk(0, 0, 2, 5, True, 1.0, 0), Chunk(0, 2, 1, 5, True, 1.0, 2),   # 2 x 25 entries at most
-                      Chunk(0, 3, 1, 3, True, 1.0, 3),                                    # another neuron count
-                      Chunk(1, 0, 2, 5, True, 1.0, 4),                                    # never across buckets
-                      Chunk(1, 2, 1, 5, True, 2.0, 6)]                                    # another weight
+    assert chunks == [Chunk(0, 0, 2, 5, True, 1.0, 0, 5), Chunk(0, 2, 1, 5, True, 1.0, 2, 5),  # 2 x 25 entries
+                      Chunk(0, 3, 1, 3, True, 1.0, 3, 3),                                        # another n
+                      Chunk(1, 0, 2, 5, True, 1.0, 4, 5),                                        # not across buckets
+                      Chunk(1, 2, 1, 5, True, 2.0, 6, 5)]                                        # another weight
     assert covered == [False, True]  # bucket 0 has a padded Gram: its gradient starts from zeros
-    assert len(plan_chunks(blocks, [(4, 5), (3, 5)], limit=1)[0]) == 7  # a Gram larger than the limit: alone
+    alone = plan_chunks(blocks, [(4, 5), (3, 5)], limit=12)[0]  # a Gram larger than the limit: alone, in panels
+    assert [(c.count, c.panel) for c in alone] == [(1, 2)] * 3 + [(1, 3)] + [(1, 2)] * 3
     with pytest.raises(ValueError, match="is not a Gram of the buckets"):
         plan_chunks(blocks, [(4, 5), (3, 6)])
 
@@ -125,7 +126,7 @@ def test_the_chunked_path_does_no_gradient_work_without_a_gradient(monkeypatch):
         loss, no_grad_stats = reg()
     chunks = reg.pairs.chunks(tuple(reg.pairs._chunks)[0])[0]
     assert loss.item() == pytest.approx(expected.item(), rel=1e-14) and no_grad_stats == pytest.approx(stats)
-    assert counter.ops["bmm"] == len(chunks)  # the Grams only: no bmm back to the neurons
+    assert counter.ops["bmm"] == sum(-(-c.neurons // c.panel) for c in chunks)  # a bmm per panel, none back
 
 
 def test_a_chunked_plan_builds_the_packed_indices_only_when_asked(monkeypatch):
