@@ -40,8 +40,8 @@ from .energy import Power, num_pairs
 from .terms import term_slopes, term_values
 
 # Gram entries per chunk (or panel of rows): 512 KiB in float32, a quarter of a core's L2 on the benchmark machine.
-# One thread, the buckets of RP-CoMHE on PointNet (T): 2^17 to 2^18 were the fastest (n = 256 ... 1,024; whole
-# 1,024-neuron Grams were 40% slower, chunks of 2^20 and more slower still).
+# RP-CoMHE on PointNet (T), one thread, forward + backward: 0.33 s at 2^15, 0.30 s at 2^16 ... 2^18, 0.34 s at
+# 2^19 ... 2^21 (BENCHMARKS.md section 7).
 CHUNK_ENTRIES = 1 << 17
 
 

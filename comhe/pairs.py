@@ -17,8 +17,8 @@ Two implementations of the same math: ``pair_energy`` (differentiable torch ops:
 ``torch.compile`` traces) and ``GramEnergy`` (a fused ``autograd.Function`` taking the Gram rows, with a hand-written
 first-order backward: ~20 kernels for any number of layers). On the CPU a long list (``PairPlan.chunked``) makes
 ``GramEnergy`` take the Gram-by-Gram path of ``chunked.py`` instead, and the index buffers are only built if the packed
-list is asked for. ``tests/library/test_stacking_pairs.py`` checks every path against a per-block float64 reference,
-values and gradients.
+list is asked for. ``tests/library/test_stacking_pairs.py`` and ``test_chunked.py`` check every path against a
+per-block float64 reference, values and gradients.
 """
 from __future__ import annotations
 
