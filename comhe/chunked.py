@@ -125,7 +125,7 @@ def chunk_energy(x: Tensor, columns: bool, chunk: Chunk, s: Power, eps: float,
                  grad: Optional[Tensor] = None) -> Tensor:
     """Each Gram's energy ``[b]`` (unweighted) from the real neurons ``x`` of a chunk, ``[b, n, k]`` (rows) or
     ``[b, k, n]`` (``columns``); writes ``weight * dE/dx`` into ``grad`` (``x``'s shape) when given."""
-    n_dim, k_dim = (2, 1) if columns else (1, 2)
+    k_dim = 1 if columns else 2
     sq = torch.linalg.vector_norm(x, dim=k_dim).square_()                                        # |w_i|^2 [b, n]
     inv = sq.add(eps).rsqrt_()
     y = x * inv.unsqueeze(k_dim)                                                                 # normalised
@@ -134,7 +134,9 @@ def chunk_energy(x: Tensor, columns: bool, chunk: Chunk, s: Power, eps: float,
     unit = 0.0 if pairs == 0 else 1.0 / pairs if chunk.half_space else 0.5 / pairs
     total = sq.new_zeros(b)
     if grad is not None:
-        z = torch.zeros_like(y) if columns else torch.empty_like(y)  # sum_i y_i slope_ij, per neuron j
+        # per neuron j, sum_i slope_ij y_i: accumulated over the panels (columns), or written a panel of rows at a time
+        # (rows; a Gram cut into panels is alone in its chunk, so each panel's rows are contiguous)
+        z = torch.zeros_like(y) if columns else torch.empty_like(y)
         dot = sq.new_empty(b, n)
     for row0 in range(0, n, chunk.panel):
         rows = slice(row0, min(n, row0 + chunk.panel))
@@ -167,6 +169,7 @@ def chunk_energy(x: Tensor, columns: bool, chunk: Chunk, s: Power, eps: float,
         grad.addcmul_(x, diag.unsqueeze(k_dim), value=scale)
     return total.mul_(unit)
 
+
 def chunked_energy(plan, s: Power, eps: float, columns: Sequence[bool], rows: Sequence[Tensor],
                    needs_grad: Sequence[bool]) -> Tuple[Tensor, Tensor, List[Optional[Tensor]]]:
     """``(loss, energies, grads)``: the weighted sum of the blocks' energies, each block's energy ``[blocks]``
@@ -185,5 +188,5 @@ def chunked_energy(plan, s: Power, eps: float, columns: Sequence[bool], rows: Se
         if g is not None:
             g = g[part][:, :, :n] if col else g[part][:, :n]
         energies.append(chunk_energy(x, col, chunk, s, eps, g))
-    energies = torch.cat(energies) if len(energies) > 1 else energies[0]
+    energies = torch.cat(energies) if energies else rows[0].new_zeros(0)
     return torch.dot(energies, plan.block_weight), energies, grads
