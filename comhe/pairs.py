@@ -15,8 +15,10 @@ padding costs nothing here, and the whole loss is one chain of ~13 kernels whate
 
 Two implementations of the same math: ``pair_energy`` (differentiable torch ops: any order of derivatives, what
 ``torch.compile`` traces) and ``GramEnergy`` (a fused ``autograd.Function`` taking the Gram rows, with a hand-written
-first-order backward: ~20 kernels for any number of layers). ``tests/library/test_pairs.py`` checks both against a
-per-layer float64 reference, values and gradients.
+first-order backward: ~20 kernels for any number of layers). On the CPU a long list (``PairPlan.chunked``) makes
+``GramEnergy`` take the Gram-by-Gram path of ``chunked.py`` instead, and the index buffers are only built if the packed
+list is asked for. ``tests/library/test_stacking_pairs.py`` and ``test_chunked.py`` check every path against a
+per-block float64 reference, values and gradients.
 """
 from __future__ import annotations
 
@@ -28,7 +30,14 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .energy import ANGLE_EPS, Power, canonical_power, num_pairs, pair_term
+from .chunked import chunked_energy, plan_chunks
+from .energy import Power, canonical_power, num_pairs, pair_term
+from .terms import term_slopes, term_values
+
+# On the CPU a plan of more entries than this takes the chunked path (``chunked.py``): its packed temporaries would be
+# above glibc's largest mmap threshold (32 MiB in float32), each one freshly mapped and zeroed by the kernel. The
+# op-count goals' lists (RP-CoMHE on CNN-9: 6.4M entries) stay packed: one pass of few ops.
+PACKED_CPU_ENTRIES = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -49,21 +58,74 @@ def index_dtype(size: int) -> torch.dtype:
 
 
 class PairPlan(nn.Module):
-    """The packed entries of ``blocks``: index buffers built on ``device`` (not in ``state_dict``).
+    """The packed entries of ``blocks``: index buffers on ``device`` (not in ``state_dict``), built when first needed
+    (``indices``) if the plan is ``chunked`` there, else at once.
 
     ``diag`` ``[M]``: the diagonal position of each real neuron; ``pos`` ``[U]``: each unique entry's position;
     ``ab`` ``[2U]``: the neuron ids ``a``, then ``b``, of each unique entry; ``segment_length`` / ``segment_coef``:
     the entries of ``x`` come in segments of one block each (``[F | H | -H | -A]``), all with one coefficient, so
     ``coef`` ``[X]`` is expanded per call (``coefficients``) instead of being stored. Persistent memory: 12 bytes per
-    unique pair (int32 indices), a third of the float Grams it reads.
+    unique pair (int32 indices), a third of the float Grams it reads. ``block_weight`` ``[blocks]``: each block's
+    loss weight (the chunked path).
     """
 
     def __init__(self, blocks: Sequence[Block], total: int, num_layers: int, dtype: torch.dtype,
                  device: torch.device):
         super().__init__()
         self.blocks, self.total, self.num_layers = list(blocks), int(total), num_layers
-        itype = index_dtype(max(total, 1))
-        like = dict(dtype=itype, device=device)
+        full = [k for k, blk in enumerate(self.blocks) if not blk.half_space]
+        half = [k for k, blk in enumerate(self.blocks) if blk.half_space]
+        self.num_full = sum(math.comb(self.blocks[k].neurons, 2) for k in full)
+        self.num_half = sum(math.comb(self.blocks[k].neurons, 2) for k in half)
+        self.num_antipodal = sum(self.blocks[k].neurons for k in half)
+        # x order [F | H | -H | -A], one segment per block: (entries, unit = the coefficient of a block of weight 1
+        # (its pair mean), block).
+        segments: List[Tuple[int, float, int]] = []
+        for k in full:
+            n = self.blocks[k].neurons
+            segments.append((math.comb(n, 2), 1.0 / num_pairs(n) if n > 1 else 0.0, k))
+        for _sign in (+1, -1):
+            segments += [(math.comb(self.blocks[k].neurons, 2), 2.0 / num_pairs(self.blocks[k].neurons, True), k)
+                         for k in half]
+        segments += [(self.blocks[k].neurons, 1.0 / num_pairs(self.blocks[k].neurons, True), k) for k in half]
+        self.num_entries = sum(seg[0] for seg in segments)
+        self.segment_units = [(seg[1], seg[2]) for seg in segments]
+        self.copies: Dict[int, int] = {}
+        for blk in self.blocks:
+            self.copies[blk.layer] = self.copies.get(blk.layer, 0) + 1
+        self.register_buffer("segment_length", torch.tensor([seg[0] for seg in segments], dtype=torch.long,
+                                                            device=device), persistent=False)
+        self.register_buffer("segment_coef", torch.tensor([seg[1] * self.blocks[seg[2]].weight for seg in segments],
+                                                          dtype=dtype, device=device), persistent=False)
+        self.register_buffer("block_weight", torch.tensor([blk.weight for blk in self.blocks], dtype=dtype,
+                                                          device=device), persistent=False)
+        self._cpu_coefficients = None  # (key, coef [X]): see ``coefficients``
+        self._chunks: Dict[tuple, tuple] = {}
+        self.cpu_chunked = self.num_entries > PACKED_CPU_ENTRIES
+        for name in ("diag", "pos", "ab"):
+            self.register_buffer(name, None, persistent=False)
+        if not self.chunked(self.segment_coef.device):
+            self.indices()
+
+    def chunked(self, device: torch.device) -> bool:
+        """Whether the fused energy takes the chunked path (``chunked.py``) on ``device``: a long list on the CPU."""
+        return device.type == "cpu" and self.cpu_chunked
+
+    def chunks(self, shapes: Tuple[Tuple[int, int], ...]) -> tuple:
+        """``chunked.plan_chunks`` for buckets of these ``(Grams, padded neurons)``, computed once."""
+        if shapes not in self._chunks:
+            self._chunks[shapes] = plan_chunks(self.blocks, shapes)
+        return self._chunks[shapes]
+
+    def indices(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(diag, pos, ab)``, built on the plan's device the first time they are asked for (call it eagerly before
+        a compiled graph reads them)."""
+        if self.pos is None:
+            self.diag, self.pos, self.ab = self._build_indices(self.segment_coef.device)
+        return self.diag, self.pos, self.ab
+
+    def _build_indices(self, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+        like = dict(dtype=index_dtype(max(self.total, 1)), device=device)
         first, count = [], 0
         for blk in self.blocks:
             first.append(count)
@@ -88,32 +150,7 @@ class PairPlan(nn.Module):
         parts = [pair_part(k) for k in full + half] + [diag_part(k) for k in half]  # antipodal: a = b = i
         empty = torch.zeros(0, **like)
         pos, a, b = (torch.cat([p[n] for p in parts]) if parts else empty for n in range(3))
-        self.num_full = sum(math.comb(self.blocks[k].neurons, 2) for k in full)
-        self.num_half = sum(math.comb(self.blocks[k].neurons, 2) for k in half)
-        self.num_antipodal = sum(self.blocks[k].neurons for k in half)
-        # x order [F | H | -H | -A], one segment per block: (entries, unit = the coefficient of a block of weight 1
-        # (its pair mean), block).
-        segments: List[Tuple[int, float, int]] = []
-        for k in full:
-            n = self.blocks[k].neurons
-            segments.append((math.comb(n, 2), 1.0 / num_pairs(n) if n > 1 else 0.0, k))
-        for _sign in (+1, -1):
-            segments += [(math.comb(self.blocks[k].neurons, 2), 2.0 / num_pairs(self.blocks[k].neurons, True), k)
-                         for k in half]
-        segments += [(self.blocks[k].neurons, 1.0 / num_pairs(self.blocks[k].neurons, True), k) for k in half]
-        self.num_entries = sum(seg[0] for seg in segments)
-        self.segment_units = [(seg[1], seg[2]) for seg in segments]
-        self.copies: Dict[int, int] = {}
-        for blk in self.blocks:
-            self.copies[blk.layer] = self.copies.get(blk.layer, 0) + 1
-        self.register_buffer("diag", torch.cat(diag) if diag else empty, persistent=False)
-        self.register_buffer("pos", pos, persistent=False)
-        self.register_buffer("ab", torch.cat([a, b]), persistent=False)
-        self.register_buffer("segment_length", torch.tensor([seg[0] for seg in segments], dtype=torch.long,
-                                                            device=device), persistent=False)
-        self.register_buffer("segment_coef", torch.tensor([seg[1] * self.blocks[seg[2]].weight for seg in segments],
-                                                          dtype=dtype, device=device), persistent=False)
-        self._cpu_coefficients = None  # (key, coef [X]): see ``coefficients``
+        return torch.cat(diag) if diag else empty, pos, torch.cat([a, b])
 
     @property
     def num_unique(self) -> int:
@@ -138,13 +175,17 @@ class PairPlan(nn.Module):
         return self._cpu_coefficients[1]
 
     def per_layer(self, t: Tensor) -> List[float]:
-        """Each layer's pair-mean energy (averaged over its copies) from the entries' terms ``t`` ``[X]``; stats
-        only (one host copy)."""
+        """Each layer's pair-mean energy (averaged over its copies) from the entries' terms ``t`` ``[X]`` (the packed
+        list), or from each block's energy ``[blocks, 1]`` (the chunked path); stats only (one host copy)."""
+        out = [0.0] * self.num_layers
+        if t.dim() == 2:
+            for energy, blk in zip(t.detach().view(-1).tolist(), self.blocks):
+                out[blk.layer] += energy / self.copies[blk.layer]
+            return out
         count = len(self.segment_units)
         segment = torch.repeat_interleave(torch.arange(count, device=t.device), self.segment_length,
                                           output_size=self.num_entries)
         sums = torch.zeros(count, dtype=t.dtype, device=t.device).index_add_(0, segment, t.detach()).tolist()
-        out = [0.0] * self.num_layers
         for total, (unit, k) in zip(sums, self.segment_units):
             layer = self.blocks[k].layer
             out[layer] += total * unit / self.copies[layer]
@@ -156,9 +197,10 @@ class PairPlan(nn.Module):
 def pair_cosines(gram: Tensor, plan: PairPlan, eps: float) -> Tensor:
     """Cosines of the unique entries ``[U]`` (full pairs, half pairs, antipodal: ``c_ii``) from the flat Grams
     ``[total]``, clamped to ``[-1, 1]``. Differentiable to any order."""
-    inv = torch.rsqrt(gram.index_select(0, plan.diag) + eps)          # [M]
-    inv_a, inv_b = inv.index_select(0, plan.ab).view(2, -1).unbind()   # [U] each (unbind: one op backward)
-    cos = gram.index_select(0, plan.pos) * (inv_a * inv_b)
+    diag, pos, ab = plan.indices()
+    inv = torch.rsqrt(gram.index_select(0, diag) + eps)               # [M]
+    inv_a, inv_b = inv.index_select(0, ab).view(2, -1).unbind()        # [U] each (unbind: one op backward)
+    cos = gram.index_select(0, pos) * (inv_a * inv_b)
     return cos.clamp(-1.0, 1.0)
 
 
@@ -178,33 +220,6 @@ def pair_energy(gram: Tensor, plan: PairPlan, s: Power, eps: float) -> Tuple[Ten
 
 # ---- the fused implementation --------------------------------------------------------------------------------------
 
-def _terms(x: Tensor, s: Power) -> Tensor:
-    """``g_s(x)`` in place on a fresh ``x`` (no autograd inside the fused function)."""
-    if s in (0, 1, 2):
-        u = torch.rsub(x, 2.0, alpha=2.0)                              # 2 - 2x
-        return u.log_().neg_() if s == 0 else u.rsqrt_() if s == 1 else u.reciprocal_()
-    angle = x.acos().mul_(1.0 / math.pi).add_(ANGLE_EPS)
-    return angle.log_().neg_() if s == "a0" else angle.reciprocal_() if s == "a1" else angle.pow_(-2)
-
-
-def _term_slopes(x: Tensor, t: Tensor, s: Power) -> Tensor:
-    """``d g_s / dx`` at the entries: ``2 t^2`` (s=2), ``t^3`` (s=1), ``1 / (1 - x)`` (s=0); angular: the chain through
-    ``theta = acos(x)/pi + 1e-4`` with ``d theta / dx = -1 / (pi sqrt(1 - x^2))`` (infinite at |x| = 1, as in
-    autograd)."""
-    if s == 2:
-        return t.square().mul_(2.0)
-    if s == 1:
-        return t.pow(3)
-    if s == 0:
-        return torch.rsub(x, 1.0).reciprocal_()
-    theta_slope = torch.rsub(x.square(), 1.0).sqrt_().mul_(math.pi).reciprocal_()    # -d theta / dx
-    if s == "a0":                                                                     # t = -log theta
-        return torch.exp(t).mul_(theta_slope)                                         # 1/theta = e^t
-    if s == "a1":                                                                     # t = 1/theta
-        return t.square().mul_(theta_slope)
-    return t.pow(1.5).mul_(theta_slope).mul_(2.0)                                     # t = theta^-2
-
-
 def _gram(r: Tensor, columns: bool) -> Tensor:
     """The Grams of ``r``: ``R R^T`` for rows ``[B, n, k]``, ``R^T R`` for ``columns`` ``[B, k, n]``."""
     return torch.bmm(r.transpose(1, 2), r) if columns else torch.bmm(r, r.transpose(1, 2))
@@ -221,10 +236,23 @@ class GramEnergy(torch.autograd.Function):
     rows get ``dR = (D + D^T) R`` (``G = R R^T``). The clamp of the cosines is treated as the identity in the backward
     (it only catches rounding past +-1). ~20 kernels, plus one ``bmm`` per bucket forward and an add and a ``bmm``
     per bucket backward, whatever the number of layers.
+
+    Where the plan is ``chunked`` (a long list on the CPU), the forward is ``chunked.chunked_energy`` instead: the
+    gradient of the rows is computed with the loss, chunk by chunk, and the backward scales it; ``t`` is then each
+    block's energy ``[blocks, 1]`` (``PairPlan.per_layer`` reads both).
     """
 
     @staticmethod
     def forward(ctx, plan: PairPlan, s, eps: float, columns: Tuple[bool, ...], *rows: Tensor):
+        ctx.plan, ctx.s, ctx.columns = plan, s, columns
+        ctx.chunked = plan.chunked(rows[0].device)
+        if ctx.chunked:
+            loss, energies, grads = chunked_energy(plan, s, eps, columns, rows, ctx.needs_input_grad[4:])
+            ctx.save_for_backward(*grads)
+            energies = energies.view(-1, 1)
+            ctx.mark_non_differentiable(energies)
+            return loss, energies
+        diag, pos, ab = plan.indices()
         gram = rows[0].new_empty(plan.total)
         start = 0
         for r, col in zip(rows, columns):
@@ -233,14 +261,13 @@ class GramEnergy(torch.autograd.Function):
             a, b = (r.transpose(1, 2), r) if col else (r, r.transpose(1, 2))
             torch.bmm(a, b, out=gram[start:start + size].view(r.shape[0], n, n))
             start += size
-        inv = gram.index_select(0, plan.diag).add_(eps).rsqrt_()                          # [M]
-        inv_ab = inv.index_select(0, plan.ab).view(2, -1)                                  # [2, U]
+        inv = gram.index_select(0, diag).add_(eps).rsqrt_()                               # [M]
+        inv_ab = inv.index_select(0, ab).view(2, -1)                                       # [2, U]
         scale = inv_ab[0] * inv_ab[1]                                                      # [U]
-        cos = gram.index_select(0, plan.pos).mul_(scale).clamp_(-1.0, 1.0)
+        cos = gram.index_select(0, pos).mul_(scale).clamp_(-1.0, 1.0)
         x = signed_entries(cos, plan)
-        t = _terms(x, s)  # a new tensor: x and cos are kept for the backward
+        t = term_values(x, s)  # a new tensor: x and cos are kept for the backward
         coef = plan.coefficients()
-        ctx.plan, ctx.s, ctx.columns = plan, s, columns
         ctx.save_for_backward(inv, scale, cos, x if s != 2 and s != 1 else t, t, coef, *rows)
         ctx.mark_non_differentiable(t)
         return torch.dot(t, coef), t
@@ -249,8 +276,11 @@ class GramEnergy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss: Tensor, _grad_t):
         plan, s = ctx.plan, ctx.s
+        if ctx.chunked:
+            return (None, None, None, None, *(None if g is None else g * grad_loss for g in ctx.saved_tensors))
+        diag, pos, ab = plan.indices()
         inv, scale, cos, x, t, coef, *rows = ctx.saved_tensors
-        dx = _term_slopes(x, t, s).mul_(coef).mul_(grad_loss)                              # dloss/dx [X]
+        dx = term_slopes(x, t, s).mul_(coef).mul_(grad_loss)                              # dloss/dx [X]
         full, half = plan.num_full, plan.num_half
         if half + plan.num_antipodal:  # fold x = [c_F, c_H, -c_H, -c_A] back onto the unique cosines
             dcos = dx.new_empty(plan.num_unique)
@@ -262,10 +292,10 @@ class GramEnergy(torch.autograd.Function):
             dcos = dx
         # D: the gradient at the upper triangle and diagonal of every Gram. Through G_ab directly, and through the
         # norms: d cos / d G_aa = -cos / (2 (G_aa + eps)), the same for b.
-        per_neuron = torch.zeros_like(inv).index_add_(0, plan.ab, (dcos * cos).repeat(2))
+        per_neuron = torch.zeros_like(inv).index_add_(0, ab, (dcos * cos).repeat(2))
         dsq = per_neuron.mul_(inv).mul_(inv).mul_(-0.5)
         upper = torch.zeros(plan.total, dtype=inv.dtype, device=inv.device)
-        upper.index_add_(0, plan.pos, dcos.mul_(scale)).index_add_(0, plan.diag, dsq)
+        upper.index_add_(0, pos, dcos.mul_(scale)).index_add_(0, diag, dsq)
         grads, start = [], 0
         for r, col in zip(rows, ctx.columns):
             n = r.shape[2] if col else r.shape[1]
@@ -285,6 +315,9 @@ def gram_energy(rows: Sequence[Tensor], plan: PairPlan, s: Power, eps: float, fu
     s = canonical_power(s)
     columns = tuple(columns) or (False,) * len(rows)
     if fused:
+        if plan.chunked(rows[0].device) and not (torch.is_grad_enabled() and any(r.requires_grad for r in rows)):
+            loss, energies, _ = chunked_energy(plan, s, eps, columns, rows, (False,) * len(rows))  # no gradient
+            return loss, energies.view(-1, 1)
         return GramEnergy.apply(plan, s, eps, columns, *rows)
     grams = [_gram(r, col).reshape(-1) for r, col in zip(rows, columns)]
     return pair_energy(grams[0] if len(grams) == 1 else torch.cat(grams), plan, s, eps)

@@ -25,7 +25,8 @@ total is the weighted **sum** over layers. ``layers``: ``"both"`` (default), ``"
 Everything is batched (``stacking.py``, ``pairs.py``): the weights of every layer are read in place and stacked by one
 ``cat`` into zero-padded buckets of equal fan-in; the projections of a call come from one draw and one ``bmm`` per
 bucket; one fused function (``pairs.GramEnergy``) takes the Grams, the half- and full-space pair terms of every layer
-and their gradient in ~35 kernels whatever the depth. ``tests/library/test_regularizers.py`` checks the loss and the
+and their gradient in ~35 kernels whatever the depth (on the CPU a long list goes a few Grams at a time instead:
+``chunked.py``). ``tests/library/test_regularizers.py`` checks the loss and the
 gradients against a plain per-layer loop in float64. ``reg.compile()`` (config ``compile: true``) compiles all of it
 but the ``cat``, the random draw and the AP / Adv inner steps (``torch.compile`` has no double backward).
 ``orthogonal``, ``orthonormal`` and ``srip`` live in ``orthogonality.py``, ``none`` in ``base.py``.
@@ -130,6 +131,7 @@ class EnergyRegularizer(Regularizer):
         stack = self.stacker()
         mats = self.proj.matrices(stack, lr) if self.proj is not None else []
         if self._compiled is not None:
+            self.pairs.indices()  # the packed list's indices: built outside the graph (a chunked plan builds them late)
             if self.proj is not None:
                 self.proj.prepare(stack)  # gather indices: built outside the graph, once per memory layout
             return self._compiled(stack.flat, stack.orders, mats)

@@ -4,6 +4,7 @@ import csv
 
 import torch
 
+from comhe import models, regularizers
 from comhe.bench import points
 
 
@@ -26,3 +27,11 @@ def test_points_bench_rows_and_the_transform_layers(tmp_path):
         ("pointnet_tnet", "rp_comhe", "regularised"), ("pointnet_tnet", "rp_comhe", "T-Nets excluded")]
     assert all(float(r["step_ms"]) > 0 for r in rows)
     assert [float(r["x_baseline"]) for r in rows if r["regularizer"] == "none"] == [1.0]
+
+
+def test_pointnet_tnet_rp_comhe_takes_the_chunked_path_on_the_cpu():
+    """The benchmark's RP-CoMHE list (table 10: T-Net transforms excluded) is 84M entries: on the CPU the fused energy
+    goes Gram by Gram (``comhe/chunked.py``) and the packed list's 0.5 GB of indices are never built."""
+    model = models.build("pointnet_tnet", 40)
+    plan = regularizers.build("rp_comhe", model, classifier="classifier", exclude=points.TRANSFORMS).pairs
+    assert plan.num_entries > 8 * 10 ** 7 and plan.chunked(torch.device("cpu")) and plan.pos is None

@@ -54,3 +54,11 @@ def test_the_point_cloud_stream_copies_only_when_an_epoch_starts():
             assert tags.on_device(x) and tags.on_device(y)
     events = [(it, kind) for it, kind, _ in tags.events]
     assert events == [(6, "pageable copy"), (6, "pageable copy")]  # epoch 1 starts: int64 (perm, orders), float
+
+
+def test_the_chunked_energy_adds_no_sync_or_copy(tmp_path, monkeypatch):
+    """The CPU's Gram-by-Gram path for long pair lists (``comhe/chunked.py``), forced on the small run."""
+    from comhe import pairs
+    monkeypatch.setattr(pairs, "PACKED_CPU_ENTRIES", 0)
+    tags = transfers.measure(transfers.small_cfg("rp_comhe", iterations=41), str(tmp_path / "run"))
+    assert transfers.steady_state(tags, 41) == {"sync": 1}  # the check at 40, nothing else
