@@ -267,7 +267,8 @@ def selection_sweep(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun],
     if select:
         axes[0][0].scatter([], [], marker="*", s=100, color="white", edgecolors="black",
                            label=f"chosen: best mean {METRICS[select].label}")
-    axes[0][0].legend(fontsize=7, frameon=False, title="mean, band ± std over seeds", title_fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:  # no finished run yet: no legend (matplotlib would warn)
+        axes[0][0].legend(fontsize=7, frameon=False, title="mean, band ± std over seeds", title_fontsize=7)
     fig.suptitle(exp.title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out, exp, df)
