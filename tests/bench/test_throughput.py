@@ -1,6 +1,5 @@
 """``comhe.bench.throughput`` flushes subnormal floats for its whole process (its step times would otherwise measure
 the synthetic run's saturated softmax: see the module docstring), and ``--keep-subnormals`` keeps them."""
-import csv
 import subprocess
 import sys
 import textwrap
