@@ -111,7 +111,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_killed_runner_takes_its_workers_along_and_the_runs_resume(tmp_path):
+def test_killed_runner_takes_its_workers_along_and_the_runs_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMHE_DATA", str(tmp_path / "data"))  # the in-process plan and resume too, not ./data
     spec = tmp_path / "orphans.yaml"
     spec.write_text(textwrap.dedent(ORPHANS))
     env = {**os.environ, "COMHE_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
@@ -163,9 +164,10 @@ def _pids_with(text: str):
 
 
 @pytest.mark.slow  # ~40 s: two torchrun launches
-def test_killed_runner_takes_torchrun_along_and_the_run_resumes(tmp_path):
+def test_killed_runner_takes_torchrun_along_and_the_run_resumes(tmp_path, monkeypatch):
     """NPROC=2: `kill -9` of the runner; torchrun (PR_SET_PDEATHSIG) stops its workers with SIGTERM, rank 0
     checkpoints (its output goes to a file: through a pipe to the dead runner it would die of a broken pipe first)."""
+    monkeypatch.setenv("COMHE_DATA", str(tmp_path / "data"))  # the in-process plan and resume too, not ./data
     spec = tmp_path / "orphans.yaml"
     spec.write_text(textwrap.dedent(ORPHANS).replace("seeds: 2", "seeds: 1"))
     env = {**os.environ, "COMHE_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
