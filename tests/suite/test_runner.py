@@ -52,7 +52,7 @@ def finals(runs_root: Path):
     return {p.parent.name: p.stat().st_mtime_ns for p in runs_root.glob("*/final.json")}
 
 
-def test_make_table1_smoke_end_to_end(tmp_path):
+def test_make_table1_smoke_end_to_end(tmp_path, monkeypatch):
     """On a fresh checkout, with its default output folders: the tables and a figure, then a second invocation trains
     nothing, DRY=1 lists, a changed config is new runs, a partial run is the only one retrained."""
     clone = fresh_checkout(tmp_path / "clone")
@@ -85,6 +85,7 @@ def test_make_table1_smoke_end_to_end(tmp_path):
     listing = make("table1", "PROFILE=smoke", "DRY=1", "lr=0.05", tmp_path=tmp_path, cwd=clone, outputs_in_tmp=False)
     assert "29 done, 1 partial, 0 todo" not in listing and "0 done, 0 partial, 30 todo" in listing  # a changed config
     assert finals(runs_root).keys() == set(first) - {partial}                   # DRY trains and writes nothing
+    monkeypatch.setenv("COMHE_DATA", str(clone / "data"))  # in-process, the clone's default data, not this checkout's
     plan = runner.make_plan(["table1"], "smoke")
     counts = runner.dry_run(plan, runs_root)
     assert counts == {"done": 29, "partial": 1, "todo": 0}
