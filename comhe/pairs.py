@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from .chunked import chunked_energy, plan_chunks
 from .energy import Power, canonical_power, num_pairs, pair_term
+from .stacking import index_dtype
 from .terms import term_slopes, term_values
 
 # On the CPU a plan of more entries than this takes the chunked path (``chunked.py``): its packed temporaries would be
@@ -52,9 +53,18 @@ class Block:
     layer: int         # which layer it belongs to (stats)
 
 
-def index_dtype(size: int) -> torch.dtype:
-    """int32 indices (half the memory of int64) where they reach every position."""
-    return torch.int32 if size < 2 ** 31 - 1 else torch.int64
+def plan_blocks(buckets: Sequence, term: Callable[[int], Tuple[int, bool, float]]) -> Tuple[List[Block], int]:
+    """The Grams of ``buckets`` (``stacking`` buckets, in order) laid out one after the other in a flat buffer:
+    ``term(layer)`` gives that layer's ``(copies, half_space, weight of each copy)``. Returns the blocks and the
+    buffer's length."""
+    blocks, offset = [], 0
+    for bucket in buckets:
+        for i, n in zip(bucket.layers, bucket.neurons):
+            copies, half_space, weight = term(i)
+            for _ in range(copies):
+                blocks.append(Block(offset, bucket.num_neurons, n, half_space, weight, i))
+                offset += bucket.num_neurons ** 2
+    return blocks, offset
 
 
 class PairPlan(nn.Module):
@@ -225,6 +235,13 @@ def _gram(r: Tensor, columns: bool) -> Tensor:
     return torch.bmm(r.transpose(1, 2), r) if columns else torch.bmm(r, r.transpose(1, 2))
 
 
+def flat_grams(rows: Sequence[Tensor], columns: Sequence[bool]) -> Tensor:
+    """The Grams of every tensor of ``rows`` (``_gram``), flattened and laid end to end: the flat buffer a plan
+    indexes."""
+    grams = [_gram(r, col).reshape(-1) for r, col in zip(rows, columns)]
+    return grams[0] if len(grams) == 1 else torch.cat(grams)
+
+
 class GramEnergy(torch.autograd.Function):
     """``(loss, t)`` from the neurons of every bucket, with the Grams, the energy and the backward fused.
     ``rows[b]`` holds ``B_b`` blocks of neurons, ``[B_b, n_b, k_b]`` (neurons as rows), or ``[B_b, k_b, n_b]`` (as
@@ -319,5 +336,4 @@ def gram_energy(rows: Sequence[Tensor], plan: PairPlan, s: Power, eps: float, fu
             loss, energies, _ = chunked_energy(plan, s, eps, columns, rows, (False,) * len(rows))  # no gradient
             return loss, energies.view(-1, 1)
         return GramEnergy.apply(plan, s, eps, columns, *rows)
-    grams = [_gram(r, col).reshape(-1) for r, col in zip(rows, columns)]
-    return pair_energy(grams[0] if len(grams) == 1 else torch.cat(grams), plan, s, eps)
+    return pair_energy(flat_grams(rows, columns), plan, s, eps)

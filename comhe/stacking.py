@@ -30,7 +30,8 @@ from .layers import Layer, group_by_shape
 Order = Optional[Tuple[int, ...]]  # the dims of a weight from outermost to innermost in memory; None: row-major
 
 
-def _index_type(size: int) -> torch.dtype:
+def index_dtype(size: int) -> torch.dtype:
+    """int32 indices (half the memory of int64) where they reach every position."""
     return torch.int32 if size < 2 ** 31 - 1 else torch.int64
 
 
@@ -193,7 +194,7 @@ class Stacker(nn.Module):
         if key not in self._index_cache:
             self._index_cache[key] = None if all(o is None for o in layout) else \
                 torch.cat([self._positions(b, orders).view(-1) for b in buckets]).to(
-                    device=device, dtype=_index_type(self.total))
+                    device=device, dtype=index_dtype(self.total))
         return self._index_cache[key]
 
     def group_index(self, buckets: Sequence[int], groups: Sequence[int], orders: Tuple[Order, ...],
@@ -212,7 +213,7 @@ class Stacker(nn.Module):
                 padded[..., :d] = positions
                 parts.append(padded.view(L, N, count, size).transpose(1, 2).reshape(-1))
                 shapes.append((L * count, N, size))
-            self._index_cache[key] = (torch.cat(parts).to(device=device, dtype=_index_type(self.total)), shapes)
+            self._index_cache[key] = (torch.cat(parts).to(device=device, dtype=index_dtype(self.total)), shapes)
         return self._index_cache[key]
 
     def extra_repr(self) -> str:

@@ -58,7 +58,6 @@ class Projection(nn.Module):
     per projected bucket the projected neurons (pure tensor math, what ``compile`` traces), as columns
     ``[L * C, k, N]`` if ``columns`` else as rows ``[L * C, N, k]``."""
 
-    needs_weights = False  # matrices() reads the weights (the learned projections' inner steps)
     columns = True
 
     def __init__(self, proj_dim: int, num_proj: int):

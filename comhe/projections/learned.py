@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..pairs import Block, PairPlan, pair_cosines, pair_energy
+from ..pairs import Block, PairPlan, flat_grams, pair_cosines, pair_energy, plan_blocks
 from ..stacking import Stack, Stacker
 from .base import Projection, project_columns, shape_major
 
@@ -19,7 +19,6 @@ class LearnedProjection(Projection):
     Subclasses define ``objective(ps, ws) -> scalar`` (the sum over every layer and copy)."""
 
     direction = -1.0  # -1: descend the objective (angle); +1: ascend it (adversarial)
-    needs_weights = True
 
     def __init__(self, proj_dim: int = 30, num_proj: int = 1, iters: int = 1, lr: float = 0.1,
                  weight_decay: float = 5e-7, eps: float = 1e-4, fixed_lr: bool = False, **_ignored):
@@ -123,19 +122,10 @@ class LearnedProjection(Projection):
 
     @staticmethod
     def _grams(neurons: Sequence[Tensor], columns: bool) -> Tensor:
-        grams = [(torch.bmm(y.transpose(1, 2), y) if columns else torch.bmm(y, y.transpose(1, 2))).reshape(-1)
-                 for y in neurons]
-        return grams[0] if len(grams) == 1 else torch.cat(grams)
+        return flat_grams(neurons, [columns] * len(neurons))
 
     def _blocks(self, stacker: Stacker, copies: int, half_space: bool) -> Tuple[List[Block], int]:
-        blocks, offset = [], 0
-        for b in self.buckets:
-            bucket = stacker.buckets[b]
-            for i, n in zip(bucket.layers, bucket.neurons):
-                for _ in range(copies):
-                    blocks.append(Block(offset, bucket.num_neurons, n, half_space, 1.0, i))
-                    offset += bucket.num_neurons ** 2
-        return blocks, offset
+        return plan_blocks([stacker.buckets[b] for b in self.buckets], lambda i: (copies, half_space, 1.0))
 
 
 class AngleProjection(LearnedProjection):

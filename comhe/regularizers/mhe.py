@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from .. import projections as projection_registry
 from ..energy import canonical_power
 from ..layers import Layer, find_layers, left_out, select, unprojected
-from ..pairs import Block, PairPlan, gram_energy
+from ..pairs import PairPlan, gram_energy, plan_blocks
 from ..stacking import Stack, Stacker, plan_buckets
 from .base import Regularizer
 
@@ -101,14 +101,8 @@ class EnergyRegularizer(Regularizer):
         if proj is not None:
             proj.setup(self.stacker, [b for b, bucket in enumerate(buckets) if bucket.projected], self.dtype_hint,
                        self.device_hint)
-        blocks, offset = [], 0
-        for bucket in buckets:
-            for i, n in zip(bucket.layers, bucket.neurons):
-                term = self.terms[i]
-                for _ in range(term.copies):
-                    blocks.append(Block(offset, bucket.num_neurons, n, term.kind != "full",
-                                        term.weight / term.copies, i))
-                    offset += bucket.num_neurons ** 2
+        blocks, offset = plan_blocks(buckets, lambda i: (self.terms[i].copies, self.terms[i].kind != "full",
+                                                         self.terms[i].weight / self.terms[i].copies))
         self.pairs = PairPlan(blocks, offset, len(chosen), self.dtype_hint, self.device_hint)
         self._compiled = None
 
