@@ -81,9 +81,7 @@ def split_files(folder: Path, split: str) -> List[Path]:
     return [folder / n for n in names]
 
 
-def check_md5(path: Path, expected: Optional[str]) -> None:
-    if expected is None:
-        return
+def check_md5(path: Path, expected: str) -> None:
     actual = md5_of(path)
     if actual != expected:
         raise DatasetUnavailable(f"{path} has md5 {actual}, expected {expected}: a corrupted or different file; "
@@ -168,7 +166,7 @@ def download(url: str, root: Path) -> Path:
     return target
 
 
-def ensure(root: Path, download_ok: bool, url: Optional[str] = None) -> Path:
+def ensure(root: Path, download_ok: bool) -> Path:
     """The release folder under ``root``, extracted from ``root/<archive>`` or downloaded first when missing."""
     folder = root / FOLDER
     if (folder / "train_files.txt").is_file():
@@ -179,7 +177,7 @@ def ensure(root: Path, download_ok: bool, url: Optional[str] = None) -> Path:
             why = "download=False" if not download_ok else "downloads are off (COMHE_OFFLINE is set)"
             raise DatasetUnavailable(f"{FOLDER}/ not found in {root} and {why}: put {ARCHIVE} ({URL}) or its "
                                      f"extracted {FOLDER}/ folder there")
-        archive = download(url or os.environ.get("COMHE_MODELNET40_URL") or URL, root)
+        archive = download(os.environ.get("COMHE_MODELNET40_URL") or URL, root)
     extract_zip(archive, root)
     if not (folder / "train_files.txt").is_file():
         raise DatasetUnavailable(f"{archive} holds no {FOLDER}/train_files.txt: not the {FOLDER} release")

@@ -65,7 +65,7 @@ class PointAugmentParams(NamedTuple):
     """The draws for a global batch of ``G`` shapes (CPU tensors, except as noted)."""
     matrix: Tensor                  # [G, 3, 3]: p -> p @ matrix (rotations and scale composed)
     shift: Tensor                   # [G, 3]
-    jitter_seed: int                # seeds the device generator of the per-point jitter; -1: no jitter
+    jitter_seed: int                # seeds the device generator of the per-point jitter
     order: Optional[Tensor] = None  # [P] one point order for the whole batch, or None
 
     def select(self, rows: slice) -> "PointAugmentParams":
@@ -102,10 +102,12 @@ def _pointnet2(batch: int, num_points: int, generator: torch.Generator) -> Point
     return PointAugmentParams(matrix, shift, seed, torch.randperm(num_points, generator=generator))
 
 
-def jitter(shape: Tuple[int, ...], seed: int, device: torch.device, global_rows: int, rows: slice) -> Tensor:
+def jitter(shape: Tuple[int, ...], seed: int, device: torch.device, global_rows: int, rows: slice,
+           generator: Optional[torch.Generator] = None) -> Tensor:
     """Clipped Gaussian jitter ``clip(sigma * N(0, 1), -clip, clip)`` for ``rows`` of a global batch: the noise of
-    all ``global_rows`` shapes is drawn (on ``device``, from ``seed``) and sliced, so every rank sees its share."""
-    generator = torch.Generator(device=device).manual_seed(seed)
+    all ``global_rows`` shapes is drawn (on ``device``, from ``seed``) and sliced, so every rank sees its share.
+    ``generator``: a generator on ``device`` to reseed and draw from (a loader keeps one); default a new one."""
+    generator = (torch.Generator(device=device) if generator is None else generator).manual_seed(seed)
     noise = torch.randn((global_rows, *shape[1:]), generator=generator, device=device)[rows]
     return noise.mul_(JITTER_SIGMA).clamp_(-JITTER_CLIP, JITTER_CLIP)
 
@@ -151,6 +153,7 @@ class PointCloudLoader(EpochStream):
         self.points, self.labels, self.augmentation = points, labels.long(), augmentation
         self._matrix = self._shift = self._order = None
         self._seeds: List[int] = []
+        self._jitter_generator: Optional[torch.Generator] = None  # on the clouds' device, made at the first batch
         super().__init__(points.shape[0], batch_size, seed, rank, world_size, True, points.device)
 
     def draw(self, size: int, generator: torch.Generator) -> Optional[PointAugmentParams]:
@@ -165,9 +168,6 @@ class PointCloudLoader(EpochStream):
         self._order = tensors[2] if len(tensors) > 2 else None      # [steps, P]: one point order per batch
         self._seeds = [d.jitter_seed for d in draws] if tensors else []
 
-    def device_tensors(self) -> List[Tensor]:
-        return [t for t in (self._perm_device, self._matrix, self._shift, self._order) if t is not None]
-
     def make_batch(self, idx: Tensor, step: int, rows: slice, mine: slice) -> Tuple[Tensor, Tensor]:
         x, y = self.points[idx], self.labels[idx]
         if self._matrix is None:
@@ -175,8 +175,10 @@ class PointCloudLoader(EpochStream):
         seed = self._seeds[step]
         params = PointAugmentParams(self._matrix[rows], self._shift[rows], seed,
                                     None if self._order is None else self._order[step]).select(mine)
-        noise = None if seed < 0 else jitter(tuple(x.shape), seed, x.device, rows.stop - rows.start, mine)
+        if self._jitter_generator is None or self._jitter_generator.device != x.device:
+            self._jitter_generator = torch.Generator(device=x.device)
+        noise = jitter(tuple(x.shape), seed, x.device, rows.stop - rows.start, mine, self._jitter_generator)
         return augment_points(x, params, noise), y
 
     def identity(self) -> Dict:
-        return {"num_samples": self.num, "global_batch": self.global_batch, "augmentation": self.augmentation}
+        return {**super().identity(), "augmentation": self.augmentation}

@@ -107,7 +107,8 @@ def write_cifar(root, num_classes: int = 10, train_per_class: int = 20, test_per
 
 
 def read_manifest(folder) -> dict:
-    """The ``SYNTHETIC_MD5.json`` of a folder written by ``write_cifar`` ({} when there is none)."""
+    """The ``SYNTHETIC_MD5.json`` of a folder written by ``write_cifar`` or ``synthetic_points.write_modelnet40``
+    ({} when there is none)."""
     path = Path(folder) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else {}
 

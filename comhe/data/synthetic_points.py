@@ -15,13 +15,13 @@ is normalised). The ratios survive the training rotations, so a PointNet separat
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-MANIFEST = "SYNTHETIC_MD5.json"
+from .synthetic import MANIFEST, _md5, read_manifest  # noqa: F401  (read_manifest: also this module's public name)
+
 FOLDER = "modelnet40_ply_hdf5_2048"
 POINTS_PER_SHAPE = 2048
 TRAIN_FILES, TEST_FILES = 5, 2
@@ -59,10 +59,6 @@ def make_clouds(num_classes: int, per_class: int, seed: int = 0, split: str = "t
     return clouds.astype(np.float32), labels.astype(np.int64)
 
 
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def write_modelnet40(root, num_classes: int = 40, train_per_class: int = 8, test_per_class: int = 4,
                      seed: int = 0) -> Path:
     """Write ``root/modelnet40_ply_hdf5_2048/`` (see the module docstring) and return it."""
@@ -90,9 +86,3 @@ def write_modelnet40(root, num_classes: int = 40, train_per_class: int = 8, test
               "seed": seed}
     (folder / MANIFEST).write_text(json.dumps({"files": files, "params": params}, indent=1))
     return folder
-
-
-def read_manifest(folder) -> dict:
-    """The ``SYNTHETIC_MD5.json`` of a folder written by ``write_modelnet40`` ({} when there is none)."""
-    path = Path(folder) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -4,8 +4,9 @@ reporting.
     setup = prepare(cfg)          # setup.py: data, model, regulariser, optimiser: all that can fail on bad input
     final = train(cfg, run_dir)   # resumes from the run's newest intact checkpoint; a finished run is not retrained
 
-Iteration ``i`` means ``i`` SGD updates done. The LR is ``lr * lr_decay ** (number of milestones <= i)`` for the
-update that follows, as the official loop multiplies the LR when ``i`` reaches a milestone. The official code
+Iteration ``i`` means ``i`` SGD updates done. The LR of the update that follows is ``optim.lr_at(cfg, i)``, by
+``cfg["lr_schedule"]``: ``milestones`` (the default), ``lr * lr_decay ** (number of milestones <= i)``, as the
+official loop multiplies the LR when ``i`` reaches a milestone, or ``staircase`` (``optim.py``). The official code
 evaluates after update 500k+1 (its test runs after the update of step ``i % 500 == 0``); we evaluate after ``500k``
 updates, and also at iteration 0 (the init oracle of docs/reference.md §2 and the start of the dynamics curves).
 
@@ -19,21 +20,18 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from . import checkpoint, distributed, optim, tracking
+from . import checkpoint, distributed, tracking
 from .progress import ProgressRecord
 from ..energy import layer_energies
 from ..layers import find_layers
+from .optim import lr_at  # noqa: F401  (engine.lr_at: also this module's public name)
 from .records import RunDir, RunLocked, environment
 from .seeding import rng_state, set_rng_state
 from .setup import Setup, prepare  # noqa: F401  (engine.prepare is the public name)
-
-
-def lr_at(cfg: Mapping[str, Any], iteration: int) -> float:
-    return optim.lr_at(cfg, iteration)  # cfg["lr_schedule"]: milestones (above) or staircase (optim.py)
 
 
 def evaluate(s: Setup) -> float:
@@ -117,21 +115,29 @@ def _agree(stop: "_StopRequest", nonfinite: torch.Tensor, s: Setup) -> Tuple[boo
     return bool(requested), int(bad)
 
 
+def energy_rollup(model: torch.nn.Module, classifier: Optional[str] = None,
+                  exclude=None) -> Tuple[Dict[str, float], float]:
+    """``(layer_energies(model), hidden)``: the energy monitor of every layer (``exclude``: left out) and its sum over
+    the layers whose role is not ``output`` (``classifier``: the output layer, default ``find_layers``' guess)."""
+    energies = layer_energies(model, exclude=exclude)
+    roles = {layer.name: layer.role for layer in find_layers(model, classifier=classifier, exclude=exclude, warn=False)}
+    return energies, sum(v for k, v in energies.items() if roles[k] != "output")
+
+
 def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_error: float,
                 elapsed: float) -> Dict[str, Any]:
     sums = {k: v.item() for k, v in window.items()}
     steps = max(sums["steps"], 1.0)
-    energies = layer_energies(s.model, exclude=s.cfg.get("monitor_exclude"))
     # The regulariser's classifier where the config names one, so that hidden_energy sums the layers it calls hidden
-    roles = {layer.name: layer.role for layer in find_layers(s.model, classifier=s.cfg["reg"].get("classifier"),
-                                                             exclude=s.cfg.get("monitor_exclude"), warn=False)}
+    energies, hidden = energy_rollup(s.model, classifier=s.cfg["reg"].get("classifier"),
+                                     exclude=s.cfg.get("monitor_exclude"))
     row = {"iteration": iteration, "epoch": iteration * s.cfg["batch_size"] / s.bundle.num_train,
            "lr": lr_at(s.cfg, max(iteration - 1, 0)),
            "train_loss": sums["loss"] / steps if sums["steps"] else float("nan"),
            "train_acc": 100.0 * sums["correct"] / sums["seen"] if sums["seen"] else float("nan"),
            "reg_loss": sums["reg"] / steps if sums["steps"] else float("nan"),
            "test_error": test_error,
-           "hidden_energy": sum(v for k, v in energies.items() if roles[k] != "output"),
+           "hidden_energy": hidden,
            "seconds": elapsed}
     row.update({f"energy/{k}": v for k, v in energies.items()})
     return row
@@ -269,7 +275,9 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
                     return ended(_finish(s, run, main, iteration, best, clock(), diverged=True, last_row=final_row,
                                          diverged_at=iteration - bad + 1))
                 nonfinite.zero_()
-                if live is not None:  # throttled to one write per few seconds; the device was just synced
+                # Throttled to one write per few seconds (the device was just synced); at an evaluation, log_eval
+                # just below writes it, forced, so it is not written twice.
+                if live is not None and not at_eval:
                     live.update(iteration)
             if at_eval:
                 window = _global_window(window, s.ctx)  # all ranks see the same sums: they take the same branch

@@ -31,10 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data, models, regularizers
-from ..energy import layer_energies
-from ..layers import find_layers
 from . import checkpoint, distributed
-from .engine import Preempted, _StopRequest, lr_at  # noqa: F401  (Preempted: what a stop signal raises here too)
+from .engine import Preempted, _StopRequest, energy_rollup, lr_at  # noqa: F401  (Preempted: a stop signal's too)
 from .losses import LOSSES
 from .records import RunDir, environment
 from .seeding import rng_state, seed_everything, set_rng_state
@@ -141,10 +139,8 @@ def evaluate(s: NodeSetup) -> Dict[str, float]:
 
 def _energies(model: nn.Module) -> Dict[str, float]:
     """The energy monitor of every layer and ``hidden``, their sum over the layers that are not the classifier."""
-    energies = layer_energies(model)
-    roles = {layer.name: layer.role for layer in find_layers(model, warn=False)}
-    return {**{f"energy/{k}": v for k, v in energies.items()},
-            "hidden": sum(v for k, v in energies.items() if roles[k] != "output")}
+    energies, hidden = energy_rollup(model)
+    return {**{f"energy/{k}": v for k, v in energies.items()}, "hidden": hidden}
 
 
 def metrics_row(s: NodeSetup, epoch: int, lr: float, step: Dict[str, float], ev: Dict[str, float],
