@@ -215,14 +215,15 @@ def worker(args) -> None:
 def best_modes(rows: List[Dict]) -> Dict[str, Dict[str, str]]:
     """Per model and regulariser, the step mode measured fastest (among those that ran): the runner's default for
     runs of that pair on this card. A regulariser measured in no mode is absent (its runs stay eager)."""
+    ok = [r for r in rows if not r.get("error")]
+    first: Dict[tuple, Dict] = {}  # (model, regulariser, mode) -> its first measurement: the one a mode is judged by
+    for r in ok:
+        first.setdefault((r["model"], r["regularizer"], r["mode"]), r)
     out: Dict[str, Dict[str, str]] = {}
-    for r in rows:
-        if r.get("error"):
-            continue
+    for r in ok:
         best = out.setdefault(r["model"], {})
-        current = next((x for x in rows if not x.get("error") and x["model"] == r["model"]
-                        and x["regularizer"] == r["regularizer"] and x["mode"] == best.get(r["regularizer"])), None)
-        if current is None or r["step_ms"] < current["step_ms"]:
+        current = first.get((r["model"], r["regularizer"], best.get(r["regularizer"])))
+        if current is None or r["step_ms"] < current["step_ms"]:  # ties: the earlier row keeps it
             best[r["regularizer"]] = r["mode"]
     return out
 

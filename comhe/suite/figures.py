@@ -36,7 +36,7 @@ import seaborn as sns  # noqa: E402
 from .experiments import METRICS, CellRun, Experiment  # noqa: E402
 from ..train.records import RunDir, atomic_write  # noqa: E402
 from ..registry import Registry  # noqa: E402
-from .report import _num  # noqa: E402
+from .report import _num, running_rows, shas  # noqa: E402
 
 FIGURES = Registry("figure kind")
 # One colour per method everywhere: the baseline near-black, MHE blue, HS-MHE green, RP-CoMHE vermillion, AP-CoMHE
@@ -61,9 +61,9 @@ def axis_label(metric: str, width: int = 0) -> str:
 
 
 def _shas(df: pd.DataFrame) -> str:
-    shas = sorted({str(s)[:12] + ("-dirty" if str(s).endswith("-dirty") else "")
-                   for s in df.get("git_sha", pd.Series(dtype=object)).dropna()}) if len(df) else []
-    return ", ".join(shas) or "no runs yet"
+    # shortened, then sorted and deduplicated again: two commits may shorten to the same text
+    short = sorted({s[:12] + ("-dirty" if s.endswith("-dirty") else "") for s in shas(df)})
+    return ", ".join(short) or "no runs yet"
 
 
 def stamp(fig, exp: Experiment, df: pd.DataFrame) -> None:
@@ -71,8 +71,7 @@ def stamp(fig, exp: Experiment, df: pd.DataFrame) -> None:
     from .report import command
     protocol = ("overrides " + " ".join(exp.overrides) + ": NOT the paper protocol") if exp.overrides else \
         ("paper protocol" if exp.profile == "paper" else f"profile {exp.profile}: not the paper protocol")
-    live = int(((df["status"] == "partial") & df["latest_iteration"].notna()).sum()) \
-        if len(df) and "latest_iteration" in df else 0
+    live = len(running_rows(df))
     running = f" · includes {live} run(s) still training, at their latest evaluation" if live else ""
     text = (f"profile {exp.profile} · seeds {','.join(map(str, exp.seeds))} · {protocol} · code {_shas(df)}"
             f"{running}\n{command(exp)}")

@@ -29,6 +29,7 @@ from ..train.records import RunDir
 POLL_S = 2.0
 LINE_EVERY_S = float(os.environ.get("COMHE_PROGRESS_S", 60.0))
 STALE_S = 600.0   # a "running" record not rewritten for this long, with its lock free, is a stopped run
+_UNREAD: Any = object()  # default of the ``record`` parameters: read the run's progress record
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -60,9 +61,12 @@ def locked_now(run_dir: str | Path) -> bool:
         return False
 
 
-def measured_rate(run_dir: str | Path, cfg: Mapping[str, Any]) -> Optional[float]:
-    """Iterations per second of a run: its progress record, else its final.json, else its metrics' last row."""
-    record = records_progress.read(run_dir)
+def measured_rate(run_dir: str | Path, cfg: Mapping[str, Any], record: Optional[Dict[str, Any]] = _UNREAD
+                  ) -> Optional[float]:
+    """Iterations per second of a run: its progress record, else its final.json, else its metrics' last row.
+    ``record``: the run's progress record (or None: it has none) when the caller has just read it."""
+    if record is _UNREAD:
+        record = records_progress.read(run_dir)
     if record and record.get("iterations_per_s"):
         return float(record["iterations_per_s"])
     run = RunDir(run_dir)
@@ -75,12 +79,14 @@ def measured_rate(run_dir: str | Path, cfg: Mapping[str, Any]) -> Optional[float
     return None
 
 
-def iteration_of(run_dir: str | Path, cfg: Mapping[str, Any]) -> int:
-    """Iterations done: ``iterations`` for a finished run, else the progress record's, else the metrics'."""
+def iteration_of(run_dir: str | Path, cfg: Mapping[str, Any], record: Optional[Dict[str, Any]] = _UNREAD) -> int:
+    """Iterations done: ``iterations`` for a finished run, else the progress record's, else the metrics'.
+    ``record``: as for ``measured_rate``."""
     run = RunDir(run_dir)
     if run.status() == "done":
         return int((run.read_final() or {}).get("iterations") or cfg["iterations"])
-    record = records_progress.read(run_dir)
+    if record is _UNREAD:
+        record = records_progress.read(run_dir)
     if record:
         return int(record.get("iteration") or 0)
     rows = run.read_metrics()
@@ -92,13 +98,16 @@ def _group(cfg: Mapping[str, Any]) -> Tuple[str, str]:
 
 
 def table_eta(runs: Sequence[Tuple[str, Mapping[str, Any]]], concurrent: int,
-              rates: Optional[Dict[str, float]] = None) -> Optional[float]:
+              rates: Optional[Dict[str, float]] = None,
+              records: Optional[Mapping[str, Optional[Dict[str, Any]]]] = None) -> Optional[float]:
     """Seconds until every run of ``runs`` (``(run dir, cfg)``) is finished, at the measured rates (module
-    docstring); None while no rate is known. ``rates`` (run dir -> iterations/s) saves re-reading records."""
+    docstring); None while no rate is known. ``rates`` (run dir -> iterations/s) and ``records`` (run dir -> its
+    progress record, or None for none) save re-reading records."""
     rates = dict(rates) if rates is not None else {}
+    records = records or {}
     for run_dir, cfg in runs:
         if run_dir not in rates:
-            rate = measured_rate(run_dir, cfg)
+            rate = measured_rate(run_dir, cfg, records.get(run_dir, _UNREAD))
             if rate:
                 rates[run_dir] = rate
     if not rates:
@@ -111,7 +120,7 @@ def table_eta(runs: Sequence[Tuple[str, Mapping[str, Any]]], concurrent: int,
     overall = sum(rates.values()) / len(rates)
     seconds, left_runs, longest = 0.0, 0, 0.0
     for run_dir, cfg in runs:
-        left = cfg["iterations"] - iteration_of(run_dir, cfg)
+        left = cfg["iterations"] - iteration_of(run_dir, cfg, records.get(run_dir, _UNREAD))
         if left <= 0 or RunDir(run_dir).status() == "done":
             continue
         group = by_group.get(_group(cfg))
@@ -128,9 +137,9 @@ def describe(run_dir: str | Path, cfg: Mapping[str, Any], now: Optional[float] =
     """A partial run for ``DRY=1``: its iteration, whether it is training now (and where), its ETA."""
     now = time.time() if now is None else now
     record = records_progress.read(run_dir)
-    done, total = iteration_of(run_dir, cfg), cfg["iterations"]
+    done, total = iteration_of(run_dir, cfg, record), cfg["iterations"]
     text = f"iteration {done}/{total} ({100.0 * done / max(total, 1):.1f}%)"
-    rate = measured_rate(run_dir, cfg)
+    rate = measured_rate(run_dir, cfg, record)
     if locked_now(run_dir):
         where = f" on {record['host']} (pid {record['pid']})" if record else ""
         age = f", updated {duration(now - record['updated'])} ago" if record else ""
@@ -193,7 +202,7 @@ class Monitor:
     # --- one look at every record
     def snapshot(self) -> Dict[str, Any]:
         """``{"done": iterations done in all runs, "finished": runs, "running": [(name, record)], "eta_s": ...}``."""
-        done, finished, running, rates = 0, 0, [], {}
+        done, finished, running, rates, records = 0, 0, [], {}, {}
         now = time.time()
         for name, run_dir, cfg in self.runs:
             if run_dir in self._final_rates or RunDir(run_dir).status() == "done":
@@ -203,23 +212,28 @@ class Monitor:
                     self._final_rates[run_dir] = measured_rate(run_dir, cfg)
                 rate = self._final_rates[run_dir]
             else:
-                record = records_progress.read(run_dir)
+                record = records[run_dir] = records_progress.read(run_dir)
                 if record and record.get("status") == "running" and now - record.get("updated", 0) < STALE_S:
                     running.append((name, record))
                     done += int(record.get("iteration") or 0)
-                rate = measured_rate(run_dir, cfg)
+                rate = measured_rate(run_dir, cfg, record)
             if rate:
                 rates[run_dir] = rate
-        eta = table_eta([(d, c) for _, d, c in self.runs], self.concurrent, rates)
+        eta = table_eta([(d, c) for _, d, c in self.runs], self.concurrent, rates, records)
         return {"done": done, "finished": finished, "running": running, "eta_s": eta}
 
-    def poll(self) -> Dict[str, Any]:
-        snap = self.snapshot()
+    def poll(self) -> Optional[Dict[str, Any]]:
+        """Draw the bars, or print the block of lines when one is due; returns the snapshot shown (None when no
+        line was due: in log mode nothing is read between two blocks)."""
         if self.bars:
+            snap = self.snapshot()
             self._draw_bars(snap)
-        elif time.monotonic() - self._last_lines >= self.line_every_s:
-            self._last_lines = time.monotonic()
-            self.print("\n".join(self.lines(snap)))
+            return snap
+        if time.monotonic() - self._last_lines < self.line_every_s:
+            return None
+        snap = self.snapshot()
+        self._last_lines = time.monotonic()
+        self.print("\n".join(self.lines(snap)))
         return snap
 
     def lines(self, snap: Mapping[str, Any]) -> List[str]:

@@ -147,11 +147,23 @@ def cell_stats(exp: Experiment, df: pd.DataFrame) -> Dict[Tuple[str, str], CellS
             done = mine[mine["status"] == "done"] if len(mine) else mine
             values = [float(v) for v in done[column.metric]] if len(done) else []
             diverged = int((mine["status"] == "diverged").sum()) if len(mine) else 0
-            live = mine[(mine["status"] == "partial") & mine["latest_iteration"].notna()] \
-                if len(mine) and "latest_iteration" in mine else mine.iloc[:0]
+            live = running_rows(mine)
             running = [float(v) for v in live[column.metric] if _num(v) is not None and v == v] if len(live) else []
             out[(row.name, column.name)] = CellStats(values, diverged, running)
     return out
+
+
+def running_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs still training shown at their latest evaluation (``running=True``): status ``partial`` with
+    a ``latest_iteration``; no rows when ``df`` is empty or was collected without ``running``."""
+    if not len(df) or "latest_iteration" not in df:
+        return df.iloc[:0]
+    return df[(df["status"] == "partial") & df["latest_iteration"].notna()]
+
+
+def shas(df: pd.DataFrame) -> List[str]:
+    """The distinct commits (``git_sha``) of the runs of ``df``, sorted; runs without one are left out."""
+    return sorted({str(s) for s in df.get("git_sha", pd.Series(dtype=object)).dropna()}) if len(df) else []
 
 
 def _num(value: Any) -> Optional[float]:
@@ -331,18 +343,19 @@ def render_md(exp: Experiment, df: pd.DataFrame, extra: Sequence[str] = ()) -> s
         lines += ["", "Notes:"] + [f"- {n}" for n in exp.notes]
     if extra:
         lines += [""] + list(extra)
-    shas = sorted({str(s) for s in df.get("git_sha", pd.Series(dtype=object)).dropna()}) if len(df) else []
     devices = sorted({str(s) for s in df.get("device", pd.Series(dtype=object)).dropna()}) if len(df) else []
-    lines += ["", f"Runs: {status_line(df)}. Code: {', '.join(shas) or 'n/a'}. Devices: {', '.join(devices) or 'n/a'}.",
+    lines += ["", f"Runs: {status_line(df)}. Code: {', '.join(shas(df)) or 'n/a'}. "
+              f"Devices: {', '.join(devices) or 'n/a'}.",
               f"Generated from the run records by `{command(exp)}`; do not edit.", ""]
     return "\n".join(lines)
 
 
 def running_line(df: pd.DataFrame) -> str:
     """``name at 1500 / 75000`` for each run shown at its latest evaluation."""
-    if not len(df) or "latest_iteration" not in df:
+    live = running_rows(df)
+    if not len(live):
         return ""
-    live = df[(df["status"] == "partial") & df["latest_iteration"].notna()].drop_duplicates("run")
+    live = live.drop_duplicates("run")
     return ", ".join(f"{r['run']} at iteration {int(r['latest_iteration'])} of {int(r['iterations'])}"
                      for _, r in live.iterrows())
 

@@ -281,33 +281,34 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
                                 on_result=lambda k, result: on_result(index_map[k], result),
                                 folder=runs_root.parent / "submitit", options=options or {})
 
-    try:
+    interrupted = False  # Ctrl-C while waiting for runs another process trains
+    try:  # the monitor stops on every way out (before the closing line, so bars never tear it)
         launch(list(range(len(pending))))
-    except BaseException:
+        while locked and not counts.get("no data") and not interrupted:
+            print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
+                  "stops waiting and renders what exists)", file=out, flush=True)
+            waiting, locked[:] = list(locked), []
+            while waiting:
+                try:
+                    time.sleep(poll_s)
+                except KeyboardInterrupt:  # stop waiting: render what exists, these runs as "locked" (exit code 1)
+                    counts["locked"] = len(waiting) + len(locked)
+                    interrupted = True
+                    break
+                still, free = [], []
+                for i in waiting:
+                    if RunDir(dirs[i]).status() == "done":
+                        on_result(i, {"outcome": "elsewhere", "final": RunDir(dirs[i]).read_final()})
+                    else:  # the other process stopped without finishing (killed, preempted): resume the run here
+                        (still if locked_by_other(dirs[i]) else free).append(i)
+                waiting = still
+                if free:
+                    launch(free)  # one locked again by a third process goes back to `locked`
+    finally:
         monitor.stop()
-        raise
-    while locked and not counts.get("no data"):
-        print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
-              "stops waiting and renders what exists)", file=out, flush=True)
-        waiting, locked[:] = list(locked), []
-        while waiting:
-            try:
-                time.sleep(poll_s)
-            except KeyboardInterrupt:  # stop waiting: render what exists, these runs as "locked" (exit code 1)
-                counts["locked"] = len(waiting) + len(locked)
-                monitor.stop()
-                print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
-                return counts
-            still, free = [], []
-            for i in waiting:
-                if RunDir(dirs[i]).status() == "done":
-                    on_result(i, {"outcome": "elsewhere", "final": RunDir(dirs[i]).read_final()})
-                else:  # the other process stopped without finishing (killed, preempted): resume the run here
-                    (still if locked_by_other(dirs[i]) else free).append(i)
-            waiting = still
-            if free:
-                launch(free)  # one locked again by a third process goes back to `locked`
-    monitor.stop()
+    if interrupted:
+        print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
+        return counts
     print(f"trained in {time.perf_counter() - started:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
           file=out, flush=True)
     return counts

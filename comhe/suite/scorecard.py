@@ -10,7 +10,6 @@ smoke``), from the run records only, like every table.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -126,14 +125,8 @@ def render_figure(found: Sequence[Entry], out: Path, shas: Sequence[str] = ()) -
     fig.text(0.01, 0.002, f"make report (python -m comhe.run all --collect-only --profile {profiles}) from the run "
              f"records; n per side: finished runs; code {', '.join(s[:12] for s in shas) or 'n/a'}", fontsize=6,
              color="0.35")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", dpi=150)
-        atomic_write(path, buf.getvalue())
-    plt.close(fig)
-    return paths
+    from .figures import _save
+    return _save(fig, out)  # no experiment: no footer stamp (the line above is the scorecard's own)
 
 
 def write(experiments: Sequence[Experiment], cells, runs_root: Path, results: Path,
