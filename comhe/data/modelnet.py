@@ -34,7 +34,7 @@ import torch
 
 from . import synthetic_points
 from .archives import extract_zip
-from .bundle import DATASETS, DataBundle, DatasetUnavailable, offline
+from .bundle import DATASETS, LOCATORS, WRITE, DataBundle, DatasetUnavailable, offline
 from .points import AUGMENTATIONS, PointCloudLoader, eval_point_batches
 
 FOLDER = "modelnet40_ply_hdf5_2048"
@@ -166,6 +166,23 @@ def download(url: str, root: Path) -> Path:
     return target
 
 
+def _not_found(root: Path, download_ok: bool) -> str:
+    why = "download=False" if not download_ok else "downloads are off (COMHE_OFFLINE is set)"
+    return f"{FOLDER}/ not found in {root} and {why}: put {ARCHIVE} ({URL}) or its extracted {FOLDER}/ folder there"
+
+
+@LOCATORS.register("modelnet40")
+def _locate_modelnet40(root: Path, download: bool, **_options):
+    """The extracted release: read in place (None); the archive, or none with downloads on: extracted (and first
+    downloaded) into ``root`` on use (``WRITE``); neither, with downloads off: the line ``ensure`` would raise.
+    (``download`` here is already False when ``COMHE_OFFLINE`` is set: ``bundle.locate``.)"""
+    if (root / FOLDER / "train_files.txt").is_file():
+        return None
+    if (root / ARCHIVE).is_file() or download:
+        return WRITE
+    return _not_found(root, download_ok=offline())  # offline: "downloads are off"; else the caller's download=False
+
+
 def ensure(root: Path, download_ok: bool) -> Path:
     """The release folder under ``root``, extracted from ``root/<archive>`` or downloaded first when missing."""
     folder = root / FOLDER
@@ -174,9 +191,7 @@ def ensure(root: Path, download_ok: bool) -> Path:
     archive = root / ARCHIVE
     if not archive.is_file():
         if not download_ok or offline():
-            why = "download=False" if not download_ok else "downloads are off (COMHE_OFFLINE is set)"
-            raise DatasetUnavailable(f"{FOLDER}/ not found in {root} and {why}: put {ARCHIVE} ({URL}) or its "
-                                     f"extracted {FOLDER}/ folder there")
+            raise DatasetUnavailable(_not_found(root, download_ok))
         archive = download(os.environ.get("COMHE_MODELNET40_URL") or URL, root)
     extract_zip(archive, root)
     if not (folder / "train_files.txt").is_file():

@@ -214,3 +214,29 @@ def test_the_real_release_when_present():
     assert (len(ytr), len(yte), len(names)) == (9840, 2468, 40)
     assert xtr.shape == (9840, 1024, 3) and set(np.unique(ytr)) == set(range(40))
     assert names[0] == "airplane" and names[-1] == "xbox"
+
+
+def test_the_locator_says_what_is_there_and_dry_run_reports_a_missing_release(release40, tmp_path, monkeypatch,
+                                                                           capsys):
+    """No release and downloads off: one line before anything runs (``DRY=1``: every run "no data"), nothing
+    created; the archive, or downloads on: written on use; the extracted release: read in place."""
+    from comhe import run
+    root = tmp_path / "data"
+    monkeypatch.setenv("COMHE_OFFLINE", "1")
+    problem, writes = data.locate("modelnet40", root, num_points=1024, augmentation="pointnet")
+    assert "not found in" in problem and "downloads are off (COMHE_OFFLINE is set)" in problem and not writes
+    code = run.main(["table10", "--dry-run", f"data_root={root}", "--results", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "  modelnet40-" in line]
+    assert code == 0 and len(rows) == 45 and all(line.split()[:2] == ["no", "data"] for line in rows)
+    assert "no data for 45 run(s): modelnet40_ply_hdf5_2048/ not found" in out
+    assert not root.exists() and not (tmp_path / "r").exists()
+    monkeypatch.delenv("COMHE_OFFLINE")
+    assert "and download=False" in data.locate("modelnet40", root, download=False)[0]
+    assert data.locate("modelnet40", root) == (None, True)            # downloaded on use
+    root.mkdir()
+    shutil.copy(release40, root / modelnet.ARCHIVE)
+    monkeypatch.setenv("COMHE_OFFLINE", "1")
+    assert data.locate("modelnet40", root) == (None, True)            # extracted on use, offline too
+    modelnet.ensure(root, download_ok=False)
+    assert data.locate("modelnet40", root) == (None, False)           # read in place
