@@ -21,9 +21,10 @@ This layer imports the library's ``registry`` and nothing of models, training or
 """
 from __future__ import annotations
 
-from . import cifar, fashion_mnist, imagenet  # noqa: F401  (each registers its datasets)
+from . import cifar, fashion_mnist, imagenet, imagefolder  # noqa: F401  (each registers its datasets)
 from . import planetoid, synthetic_planetoid  # noqa: F401  (graphs for node classification)
 from . import modelnet  # noqa: F401  (modelnet40, synthetic_modelnet40)
+from . import cifar_export  # noqa: F401  (cifar10_jpeg_export: an image_folder preset)
 from .bundle import (DATASETS, DataBundle, DatasetUnavailable, build, data_root, declared_num_classes,  # noqa: F401
                      locate, offline, option_defaults, removed_if_failed, takes_workers, tensor_bundle)
 from .bundle import NODE_DATASETS, probe, task  # noqa: F401
