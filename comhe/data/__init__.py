@@ -7,6 +7,9 @@ module              what
 ``cifar.py``        ``cifar10``, ``cifar100``, ``synthetic`` (tiny CIFAR in the real format)
 ``fashion_mnist.py````fashion_mnist``
 ``imagenet.py``     ``imagenet``, ``synthetic_imagenet``
+``imagefolder.py``  ``image_folder``: small-image class folders as a CIFAR-style tensor bundle
+``tensor_cache.py`` the checked cache of decoded images in the data root
+``cifar_export.py`` ``cifar10_jpeg_export``: the CIFAR-10 JPEG export, an ``image_folder`` preset
 ``planetoid.py``    ``cora``, ``citeseer``, ``pubmed``, ``synthetic_planetoid`` (graphs; ``pickles.py`` reads them)
 ``augment.py``      the official CIFAR augmentation, batched on the device
 ``streams.py``      resumable batch streams: ``TensorLoader`` (data on the device), ``LoaderStream``
