@@ -38,7 +38,7 @@ def test_reduced_real_cifar10_trains_well_above_chance_through_the_suite(tmp_pat
                      "--no-figures"])
     assert code == 0
     finals = [json.loads(p.read_text()) for p in (results / "runs").glob("*/final.json")]
-    assert len(finals) == 1 and finals[0]["status"] == "done" and finals[0]["iterations"] == 300
+    assert len(finals) == 1 and finals[0]["status"] == "finished" and finals[0]["iterations"] == 300
     accuracy = 100.0 - finals[0]["final_test_error"]
     table = (results / "real_cifar_smoke.md").read_text()
     assert "Baseline" in table and f"{finals[0]['final_test_error']:.2f}" in table
