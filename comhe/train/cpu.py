@@ -1,21 +1,20 @@
 """How a run uses the CPU: subnormal floats and torch's thread count (execution only: neither is in a run's name).
 
-Subnormal floats (``flush_subnormals``, default true). x86 computes with subnormals (|x| < 1.2e-38 in float32) in
-microcode, 15-100x slower than with normal numbers. They appear once a softmax saturates: the convolutions' backward
-then runs 15-20x slower (BENCHMARKS.md §2: a CNN-9 step from 60 ms to 1.2-1.3 s). Flushing them to zero
-(``torch.set_flush_denormal``: FTZ and DAZ, TensorFlow's CPU default) changes a value only where it is below 1.2e-38,
-where a gradient contributes nothing a float32 weight update can hold, so tables do not move; the bits of a run can
-(docs/speed.md, numerics note). A run is repeatable, and resumes bit for bit, under either setting; the setting
-applies to the CPU only (CUDA kernels are not affected by it). The flag is per thread and torch's intra-op threads
-copy it from the main thread when they are created, at the process's first parallel op: ``configure`` runs before
-the run's first parallel op, and the state recorded in ``meta.json`` (``subnormals``) is measured over every thread,
-not assumed.
+Subnormal floats (``flush_subnormals``, default true). x86 computes subnormals (|x| < 1.18e-38 in float32) in
+microcode, tens of times slower than normal numbers. They appear once a softmax saturates, and the convolutions'
+backward then runs 15-20x slower (BENCHMARKS.md §2: a CNN-9 step from 60 ms to 1.2-1.3 s). Flushing them to zero
+(``torch.set_flush_denormal``: FTZ and DAZ, TensorFlow's CPU default) changes only values below 1.18e-38, far below
+the rounding step of a float32 weight of ordinary size: accuracies are not expected to move, a run's bits can
+(docs/speed.md, numerics note). A run is repeatable, and resumes bit for bit, under either setting. CUDA kernels are
+not affected. The flag is per thread, and torch's intra-op threads copy it from the main thread when they are
+created (at the process's first parallel op): ``configure`` runs before the run's first parallel op, and the state
+``meta.json`` records (``subnormals``) is measured over every thread, not assumed.
 
 Threads (``threads``, default 0 = auto). A full-batch GCN on a citation graph is too small to gain from a second
-thread and, on a shared machine, loses up to 20x to it (OpenMP threads spin waiting for a busy core: a Cora run
-took 47 s on 2 threads against 2.4 s on 1): graph runs take 1 thread. Image and point-cloud runs keep torch's
-default (one per core; ``OMP_NUM_THREADS`` where set), about 1.8x faster on 2 quiet cores than 1. Where
-``OMP_NUM_THREADS`` is set, graph runs follow it too; ``threads=N`` sets N for any run.
+thread and, on a shared machine, loses many times over to it (OpenMP threads wait for a busy core: the same Cora
+runs took 102-138 s each on 2 threads, 7-9 s on 1, back to back at load ~12; BENCHMARKS.md §8): graph runs take 1
+thread. Image and point-cloud runs keep torch's default, one per core (CNN-9 at 1/8 width: 1.8x faster on 2 quiet
+cores than on 1). ``OMP_NUM_THREADS``, where set, is followed by every run; ``threads=N`` sets N for any run.
 """
 from __future__ import annotations
 
@@ -54,11 +53,11 @@ def configure(cfg: Mapping[str, Any], graph: bool = False) -> Dict[str, Any]:
     can_flush = torch.set_flush_denormal(flush)  # False where the CPU cannot flush (not x86 with SSE3)
     torch.set_num_threads(cfg["threads"] or default_threads(graph))
     state = subnormal_state()
-    wanted = "flushed" if flush and can_flush else "kept"
+    wanted = "flushed" if flush and can_flush else "kept"  # a CPU that cannot flush (not x86) keeps them: recorded
     if state != wanted:
-        why = ("this CPU cannot flush them" if flush and not can_flush else
-               "torch's threads were created earlier in this process with the other setting; a fresh process applies it")
-        warnings.warn(f"subnormal floats: asked to {'flush' if flush else 'keep'} them, {state} ({why})", stacklevel=2)
+        warnings.warn(f"subnormal floats: asked to {'flush' if flush else 'keep'} them, {state} in this process "
+                      "(torch's threads were created earlier with the other setting; a fresh process applies it)",
+                      stacklevel=2)
     return execution(state)
 
 
