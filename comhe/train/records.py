@@ -36,7 +36,7 @@ from . import config as config_lib
 
 # How a run is executed or observed, not what it computes: left out of its hash.
 RUN_ID_IGNORES = ("device", "amp", "channels_last", "compile", "cuda_graph", "workers", "threads", "data_root",
-                  "eval_batch_size", "checkpoint_every", "tensorboard")
+                  "eval_batch_size", "checkpoint_every", "tensorboard", "flush_subnormals")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -224,6 +224,8 @@ def git_sha(repo: Path = Path(__file__).resolve().parents[2]) -> str:
 def environment(device) -> Dict[str, Any]:
     import torch
 
+    from . import cpu
+
     return {
         "git_sha": git_sha(),
         "torch": torch.__version__,
@@ -234,4 +236,5 @@ def environment(device) -> Dict[str, Any]:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "command": " ".join(sys.argv),
+        **cpu.execution(),  # threads and subnormal floats, measured (train/cpu.py)
     }
