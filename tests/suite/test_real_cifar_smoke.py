@@ -19,7 +19,8 @@ ACCURACY_FLOOR = 30.0
 def smoke_experiment(tmp_path, root):
     """experiments/cifar10_cpu.yaml's recipe, Baseline only, one seed, on the reduced export."""
     raw = yaml.safe_load(experiments.find("cifar10_cpu").read_text())
-    raw.update(name="real_cifar_smoke", seeds=1, rows=[raw["rows"][0]], figures=[], profiles={})
+    raw.update(name="real_cifar_smoke", seeds=1, rows=[raw["rows"][0]], figures=[], profiles={},
+               title="CI smoke: CIFAR-10 JPEG export, 3,000 / 1,000 images, CNN-9 t = 1, 300 iterations")
     for key in ("references", "claims", "notes"):
         raw.pop(key, None)
     raw["base"].update(dataset="cifar10_jpeg_export", data_root=str(root),
