@@ -11,9 +11,10 @@ import yaml
 from comhe.suite import cli, experiments
 from export_helpers import export_root
 
-# Measured (docs/cifar10-cpu.md): 300 iterations reach 40-45 % test accuracy on these 1,000 images; chance is 10 %
-# and every deliberate break tried stayed below 20 %. The floor sits between, with margin on both sides.
-ACCURACY_FLOOR = 30.0
+# Measured (docs/cifar10-cpu.md; torch 2.14.1, 1 thread, seed 0): 37.8 % test accuracy on these 1,000 images after
+# 300 iterations; with the labels deliberately shuffled against their images, 8.3 % (chance: 10 %). The floor sits
+# between with margin both ways: 17.8 points below the measurement (other torch builds, BLAS), 11.7 above the break.
+ACCURACY_FLOOR = 20.0
 
 
 def smoke_experiment(tmp_path, root):
