@@ -63,25 +63,29 @@ def scan(top: Path, splits: Sequence[str], classes: Optional[Sequence[str]] = No
     return list(classes), files
 
 
+def _open(path: Path, mode: str):
+    """The image at ``path`` converted to ``mode``, or ``DatasetUnavailable`` naming the file."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetUnavailable(f"unreadable image {path}: {' '.join(str(err).split())}") from None
+
+
 def decode(top: Path, relative: Sequence[str], grayscale: bool) -> np.ndarray:
     """uint8 ``[N, C, H, W]`` (C = 3, or 1 for ``grayscale``) of the images, which must share one square size."""
-    from PIL import Image
-    mode, out, size = ("L" if grayscale else "RGB"), None, None
+    mode = "L" if grayscale else "RGB"
+    first = _open(top / relative[0], mode)
+    size = first.size
+    if size[0] != size[1] or size[0] > MAX_SIZE:
+        raise DatasetUnavailable(f"{top / relative[0]} is {size[0]}x{size[1]}: image_folder takes square images of "
+                                 f"one size up to {MAX_SIZE}x{MAX_SIZE} (resize the folder first)")
+    out = np.empty((len(relative), 1 if grayscale else 3, size[1], size[0]), np.uint8)
     for i, rel in enumerate(relative):
-        path = top / rel
-        try:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise DatasetUnavailable(f"unreadable image {path}: {' '.join(str(err).split())}") from None
-        if size is None:
-            size = img.size
-            if size[0] != size[1] or size[0] > MAX_SIZE:
-                raise DatasetUnavailable(f"{path} is {size[0]}x{size[1]}: image_folder takes square images of "
-                                         f"one size up to {MAX_SIZE}x{MAX_SIZE} (resize the folder first)")
-            out = np.empty((len(relative), 1 if grayscale else 3, size[1], size[0]), np.uint8)
-        elif img.size != size:
-            raise DatasetUnavailable(f"mixed image sizes: {path} is {img.size[0]}x{img.size[1]}, "
+        img = first if i == 0 else _open(top / rel, mode)
+        if img.size != size:
+            raise DatasetUnavailable(f"mixed image sizes: {top / rel} is {img.size[0]}x{img.size[1]}, "
                                      f"{top / relative[0]} is {size[0]}x{size[1]} (every image needs one size)")
         pixels = np.asarray(img, np.uint8)
         out[i] = pixels[None] if grayscale else pixels.transpose(2, 0, 1)

@@ -95,7 +95,7 @@ def cached(root: Path, name: str, key: Mapping, print_: str,
         manifest.unlink(missing_ok=True)  # from here until the new manifest is in place, no reader trusts the npz
         partial = npz.with_name(f".{npz.stem}.partial{os.getpid()}.npz")
         try:
-            np.savez(partial, **arrays)
+            np.savez(partial, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds like allow_pickle
             meta = {"format": FORMAT, "key": key, "fingerprint": print_, "sha256": _sha256(partial),
                     "arrays": {k: list(v.shape) for k, v in arrays.items()}}
             os.replace(partial, npz)

@@ -6,7 +6,6 @@ labels trains to chance: labels shuffled against their images on purpose gave 8.
 session's extraction and decoding included); skipped, with the reason, when the export is absent."""
 import json
 
-import pytest
 import yaml
 
 from comhe.suite import cli, experiments
