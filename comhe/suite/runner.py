@@ -234,7 +234,10 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
     counts = {"skipped": len(plan.runs) - len(pending)}
     print(f"{len(plan.runs)} runs: {counts['skipped']} finished (not retrained), {len(pending)} to train", file=out,
           flush=True)
-    if not pending:
+    if not pending:  # no run reads the data now: a data root given that is not there is still a typo to report
+        from .precheck import check_data_root_exists
+        for root in dict.fromkeys(p.cfg["data_root"] for p in plan.runs):
+            check_data_root_exists(root)
         return counts
     check_nproc(pending, nproc)
     if launcher != "slurm":

@@ -1,0 +1,104 @@
+"""The checks of a whole ``python -m comhe.run`` command that need no torch, run before anything imports it.
+
+Planning (``experiments.plan``) validates every cell completely, and that reads the registries of models,
+regularisers and datasets, so it imports torch: 3-4 s on a quiet machine, 10-50 s on a loaded one. A mistyped target,
+experiment file, override or value must not wait for that. ``check`` reads every requested experiment file (under the
+paper profile too: a smoke run must not pass a file the paper run would refuse), every override against the config
+keys, and every planned cell's top-level keys, types and ranges (``config.validate(..., registries=False)``).
+What is left for planning: the options of ``reg.*`` / ``model_options.*`` / ``data.*`` and the constructors' own
+checks (``reg.proj_dim=0``), which are the registries' business.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Sequence
+
+from ..train import config as config_lib
+from . import experiments as experiments_lib
+from . import overrides as overrides_lib
+from .experiments import Experiment, ExperimentError
+
+
+def _top_level(overrides: Sequence[str]) -> List[str]:
+    """The overrides of top-level keys (``lr=0.05``); dotted ones (``reg.proj_dim=30``) apply per cell, where the
+    cell's regulariser / model / dataset has the option, which only the registries know."""
+    out = []
+    for text in overrides:
+        key, _ = config_lib.parse_override(text)
+        if key.isupper():  # config keys are lower-case: this is an environment or make variable put after the target
+            raise config_lib.ConfigError(
+                f"{text!r} is not a config key (those are lower-case, e.g. data_root=DIR): {key} is an environment "
+                f"variable; write {text} python -m comhe.run ..., or make <target> {text}")
+        head, _, sub = key.partition(".")
+        if sub and head not in config_lib.OPEN_SECTIONS:
+            config_lib.apply_overrides({}, [text])  # raises: only open sections take dotted keys
+        if not sub:
+            out.append(text)
+    return out
+
+
+def check_cells(exp: Experiment, overrides: Sequence[str]) -> None:
+    """Every trained cell of ``exp`` (its columns not excluded by ``COLUMNS``) with the top-level overrides: keys,
+    types and ranges. Raises ``ConfigError`` naming the file, row and column."""
+    top = _top_level(overrides)
+    for row in exp.rows:
+        for column in exp.columns:
+            if exp.layout_text(row, column) is not None or column.name in exp.not_run:
+                continue
+            where = f"{exp.path.name}, row {row.name}, column {column.name}"
+            try:
+                cfg = experiments_lib.cell_config(exp, row, column)
+                cfg = config_lib.apply_overrides(config_lib.merge(config_lib.DEFAULTS, cfg), top)
+                config_lib.validate(cfg, registries=False)
+            except config_lib.ConfigError as err:
+                raise config_lib.ConfigError(f"{where}: {err}") from None
+            check_data_root(cfg["data_root"], where)
+
+
+def check_data_root(data_root: str, where: str = "") -> None:
+    """A data root given (``data_root=``, ``$COMHE_DATA``) whose parent folder does not exist is a typo: refused at
+    once, as ``data.locate`` would refuse it before training (it creates the root only inside an existing folder)."""
+    given = data_root or os.environ.get("COMHE_DATA", "")  # data.data_root's rule (data/ imports torch)
+    if not given:
+        return
+    path = Path(given).expanduser()
+    source = "data_root" if data_root else "$COMHE_DATA"
+    if path.exists() and not path.is_dir():
+        raise config_lib.ConfigError(f"{where + ': ' if where else ''}data root {path} ({source}) is not a folder")
+    if not path.exists() and not path.parent.is_dir():
+        raise config_lib.ConfigError(f"{where + ': ' if where else ''}data root {path} ({source}) does not exist, "
+                                     f"nor does {path.parent}; fix {source} or create it (mkdir -p {path})")
+
+
+def check_data_root_exists(data_root: str) -> None:
+    """When every run is finished nothing creates or reads the data root, so a given one that does not exist (a
+    typo: ``COMHE_DATA=/data/planetiod``) would go unnoticed: refused."""
+    given = data_root or os.environ.get("COMHE_DATA", "")
+    if given and not Path(given).expanduser().is_dir():
+        source = "data_root" if data_root else "$COMHE_DATA"
+        raise config_lib.ConfigError(f"data root {given} ({source}) does not exist (every run is finished, so "
+                                     f"nothing would read it: a typo?); fix or drop {source}")
+
+
+def check(names: Sequence[str], profile: str, seeds, overrides: Sequence[str], columns: Sequence[str]) -> None:
+    """Everything about a ``python -m comhe.run`` command that can be checked without torch (module docstring).
+    Raises ``ExperimentError`` or ``ConfigError`` with one line."""
+    from .runner import targets  # runner's top level imports no torch either
+    for name in targets(names):
+        profiles = [profile] + (["paper"] if profile != "paper" else [])
+        for which in profiles:  # the paper profile's cells too: their keys must be valid whatever smoke sets
+            exp = experiments_lib.load(name, which, seeds)
+            if columns:
+                experiments_lib.restrict(exp, columns)
+            for text in overrides:
+                refusal = overrides_lib.layout_conflict(exp, text)
+                if refusal:
+                    raise config_lib.ConfigError(refusal)
+            try:
+                check_cells(exp, overrides if which == profile else ())
+            except config_lib.ConfigError as err:
+                if which == profile:
+                    raise
+                raise ExperimentError(f"{err} (under the paper profile; {profile} runs too must come from a valid "
+                                      "file)") from None
