@@ -151,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     columns = [c for c in args.columns.split(",") if c.strip()]
     try:  # everything that needs no torch, for every target, before planning imports it
-        precheck.check(names, args.profile, args.seeds, overrides, columns)
+        precheck.check(runner.targets(names), args.profile, args.seeds, overrides, columns)
         options = _options(args.slurm)
     except (experiments.ExperimentError, config_lib.ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

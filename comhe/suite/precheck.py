@@ -81,11 +81,11 @@ def check_data_root_exists(data_root: str) -> None:
                                      f"nothing would read it: a typo?); fix or drop {source}")
 
 
-def check(names: Sequence[str], profile: str, seeds, overrides: Sequence[str], columns: Sequence[str]) -> None:
-    """Everything about a ``python -m comhe.run`` command that can be checked without torch (module docstring).
-    Raises ``ExperimentError`` or ``ConfigError`` with one line."""
-    from .runner import targets  # runner's top level imports no torch either
-    for name in targets(names):
+def check(targets: Sequence[str], profile: str, seeds, overrides: Sequence[str], columns: Sequence[str]) -> None:
+    """Everything about a ``python -m comhe.run`` command that can be checked without torch (module docstring);
+    ``targets``: experiment names or paths (``runner.targets`` expands ``all``). Raises ``ExperimentError`` or
+    ``ConfigError`` with one line."""
+    for name in targets:
         profiles = [profile] + (["paper"] if profile != "paper" else [])
         for which in profiles:  # the paper profile's cells too: their keys must be valid whatever smoke sets
             exp = experiments_lib.load(name, which, seeds)
