@@ -249,7 +249,9 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
     width = len(str(len(pending)))
     # Per-run progress and the table's ETA from the runs' progress records, whatever the launcher (progress.py)
     at_once = 1 if nproc > 1 and launcher == "local" else jobs if launcher == "local" or jobs > 1 else len(pending)
-    monitor = progress_lib.Monitor([(p.name, d, c) for p, d, c in zip(pending, dirs, cfgs)], at_once, out).start()
+    monitor = progress_lib.Monitor([(p.name, d, c) for p, d, c in zip(pending, dirs, cfgs)], at_once, out,
+                                   finished=[(str(runs_root / p.name), p.cfg) for p in plan.runs
+                                             if p.name not in {q.name for q in pending}]).start()
 
     def line(i: int, outcome: str, detail: str, index: str) -> None:
         cell = pending[i].cells[0]
@@ -344,7 +346,9 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
     print(f"{len(plan.runs)} unique runs: {counts['done']} done, {counts['partial']} partial, {counts['todo']} todo; "
           f"left to train: {sum(p.cfg['iterations'] for p in todo)} iterations, {images} training images "
           "(partial runs counted whole)", file=out, flush=True)
-    eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs)
+    eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs,
+                                 reference=[(str(runs_root / p.name), p.cfg) for p in plan.runs
+                                            if states[p.name] == "done"])
     if todo:
         print("ETA at the measured rates of these runs: " + (f"{progress_lib.duration(eta)} with {jobs} worker(s)"
               if eta is not None else "unknown (no run of this plan has a measured rate yet)"), file=out, flush=True)
