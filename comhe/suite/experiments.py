@@ -238,6 +238,7 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
     return exp
 
 
+
 def _check(exp: Experiment) -> None:
     path = exp.path
     if exp.select is not None:

@@ -35,6 +35,11 @@ def _keys(mapping: Optional[Mapping[str, Any]]) -> List[str]:
     return out
 
 
+def layout_keys_of(mapping: Optional[Mapping[str, Any]]) -> List[str]:
+    """The config keys one layer of the layout sets (``lr``, ``model_options.width``)."""
+    return _keys(mapping)
+
+
 def _var_keys(mapping: Optional[Mapping[str, Any]], prefix: str = "") -> List[str]:
     """Keys whose value is a column variable (``${lam}``): each column sets them."""
     out = []

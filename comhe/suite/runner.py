@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import experiments as experiments_lib
+from . import labels
 from . import progress as progress_lib
 from .experiments import CellRun, Experiment
 from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
@@ -66,6 +67,8 @@ def make_plan(names: Sequence[str], profile: str = "paper", seeds: Any = None, o
               columns: Sequence[str] = ()) -> Plan:
     """``columns``: plan only these columns (case-insensitive) of each experiment (``COLUMNS=Cora``)."""
     exps = [experiments_lib.load(n, profile, seeds) for n in targets(names)]
+    for exp in exps:  # a smoke column labelled t = 4 that ran at width 1 says so (labels.py)
+        exp.notes = list(exp.notes) + labels.notes(exp)
     for exp in exps if columns else ():
         experiments_lib.restrict(exp, columns)
     cells, runs, keep = {}, {}, {}
@@ -352,6 +355,9 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
     if todo:
         print("ETA at the measured rates of these runs: " + (f"{progress_lib.duration(eta)} with {jobs} worker(s)"
               if eta is not None else "unknown (no run of this plan has a measured rate yet)"), file=out, flush=True)
+    from . import costs
+    for text in costs.lines([p.cfg for p in todo], data.task):
+        print(text, file=out, flush=True)
     for message in dict.fromkeys(no_data.values()):
         runs = sum(m == message for m in no_data.values())
         print(f"no data for {runs} run(s): {message}", file=out, flush=True)
