@@ -134,3 +134,11 @@ def test_smoke_checks_the_file_as_the_paper_profile_would(tmp_path, capsys):
 def test_jobs_and_nproc_words_get_one_line(capsys):
     assert run.main(["table1", "--jobs", "two"]) == 2
     assert capsys.readouterr().err.strip() == "error: JOBS (--jobs) must be a whole number >= 1, got 'two'"
+
+
+def test_reference_section_7_documents_every_key_the_checker_accepts():
+    from comhe.suite.figures import FIGURES
+    section = (REPO / "docs" / "reference.md").read_text().split("## §7.")[1]
+    missing = [k for k in sorted(experiments.TOP_KEYS | experiments.PROFILE_KEYS | set(experiments.METRICS)
+                                  | set(FIGURES.names()) | set(experiments.PROFILES)) if f"`{k}`" not in section]
+    assert missing == []
