@@ -1,7 +1,7 @@
 """Reproduce paper tables and figures: plan the runs, train what is missing, write tables and figures.
 
     python -m comhe.run table1                          # the paper protocol, 3 seeds
-    python -m comhe.run table1 --profile smoke          # CPU, synthetic data, seconds per run
+    python -m comhe.run table1 --profile smoke          # CPU, synthetic data, seconds per run -> results/smoke/
     python -m comhe.run table1 --dry-run                # list the runs and their status; train nothing
     python -m comhe.run all --profile quick --jobs 4 lr=0.05 reg.proj_dim=30
     python -m comhe.run table5 --launcher slurm --slurm slurm_partition=gpu timeout_min=600
@@ -13,10 +13,11 @@ Targets: table1 ... table11, fig1 ... fig3, demo, ``all`` (every table and figur
 to an experiment YAML. ``key=value`` arguments override config keys in every cell (``reg.*`` only where the
 regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<results>/<target>.{csv,md,tex}``,
 ``<figures>/<target>.{png,pdf}`` (``<figures>`` defaults to ``figures``, or ``<results>/figures`` with ``--results``),
-and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress and the table's ETA are shown
-(``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
-0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
-waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
+and with ``all`` ``<results>/SCORECARD.md``; ``<results>`` is ``results`` for the paper profile and
+``results/<profile>`` for smoke and quick (never over a real table) unless ``--results`` is given. While training,
+each run's progress and the table's ETA are shown (``progress.py``). A run another process is training is waited
+for (``runner.py``). Exit codes: 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to
+another process (Ctrl-C while waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
 ``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.
 """
 from __future__ import annotations

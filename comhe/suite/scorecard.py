@@ -130,7 +130,8 @@ def render_figure(found: Sequence[Entry], out: Path, shas: Sequence[str] = (),
                  fontsize=9, loc="left")
     ax.legend(handles=[Patch(color=COLOURS[v], label=f"{v} ({total[v]})") for v in VERDICTS], loc="lower center",
               bbox_to_anchor=(0.5, 1.0 + 0.35 / height), ncol=4, fontsize=7, frameon=False)
-    fig.text(0.01, 0.002, f"{made_by} from the run records; n per side: finished runs; code {', '.join(s[:12] for s in shas) or 'n/a'}", fontsize=6,
+    code = ", ".join(s[:12] for s in shas) or "n/a"
+    fig.text(0.01, 0.002, f"{made_by} from the run records; n per side: finished runs; code {code}", fontsize=6,
              color="0.35")
     from .figures import _save
     return _save(fig, out)  # no experiment: no footer stamp (the line above is the scorecard's own)

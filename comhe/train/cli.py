@@ -77,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto")
     args = parser.parse_intermixed_args(argv)
 
-    try:  # its keys, types and ranges are checked before validate reads the registries (torch): bad input answers at once
+    try:  # keys, types and ranges are checked before validate reads the registries (torch): bad input answers at once
         cfg = config_lib.load(args.config, args.overrides)
     except config_lib.ConfigError as err:
         return _fail(str(err), 2)

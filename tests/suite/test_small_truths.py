@@ -114,7 +114,8 @@ def test_a_profile_that_changes_what_a_label_names_gets_a_note():
     assert labels.notes(experiments.load("table8", "paper")) == []
     assert labels.notes(experiments.load("table11", "smoke")) == []   # synthetic data: the profile's premise
     plan = runner.make_plan(["table8"], "smoke")
-    md = report.render_md(plan.experiments[0], report.collect(plan.experiments[0], plan.cells["table8"], "/nonexistent"))
+    exp = plan.experiments[0]
+    md = report.render_md(exp, report.collect(exp, plan.cells["table8"], "/nonexistent"))
     assert "column 128/256/512 ran with model_options.width=2 (the paper's 8)" in md
 
 
