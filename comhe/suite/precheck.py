@@ -64,11 +64,12 @@ def check_data_root(data_root: str, where: str = "") -> None:
         return
     path = Path(given).expanduser()
     source = "data_root" if data_root else "$COMHE_DATA"
+    prefix = f"{where}: " if where else ""
     if path.exists() and not path.is_dir():
-        raise config_lib.ConfigError(f"{where + ': ' if where else ''}data root {path} ({source}) is not a folder")
+        raise config_lib.ConfigError(f"{prefix}data root {path} exists and is not a directory (from {source})")
     if not path.exists() and not path.parent.is_dir():
-        raise config_lib.ConfigError(f"{where + ': ' if where else ''}data root {path} ({source}) does not exist, "
-                                     f"nor does {path.parent}; fix {source} or create it (mkdir -p {path})")
+        raise config_lib.ConfigError(f"{prefix}data root {path} does not exist, nor does {path.parent}: nothing was "
+                                     f"created; fix {source}, or create it (mkdir -p {path})")
 
 
 def check_data_root_exists(data_root: str) -> None:
@@ -77,7 +78,7 @@ def check_data_root_exists(data_root: str) -> None:
     given = data_root or os.environ.get("COMHE_DATA", "")
     if given and not Path(given).expanduser().is_dir():
         source = "data_root" if data_root else "$COMHE_DATA"
-        raise config_lib.ConfigError(f"data root {given} ({source}) does not exist (every run is finished, so "
+        raise config_lib.ConfigError(f"data root {given} does not exist (from {source}; every run is finished, so "
                                      f"nothing would read it: a typo?); fix or drop {source}")
 
 

@@ -59,7 +59,7 @@ RUN_ERRORS = [
     (["table11", "lrr=0.1"], "unknown config key 'lrr' (override) (closest: lr)"),
     (["table11", "COMHE_DATA=/x"], "COMHE_DATA is an environment variable"),
     (["table1", "model=cnn9"], "table1 sets model in its layout"),
-    (["table11", "data_root=/nonexistent-comhe/typo"], "data root /nonexistent-comhe/typo (data_root) does not exist"),
+    (["table11", "data_root=/nonexistent-comhe/typo"], "data root /nonexistent-comhe/typo does not exist"),
     (["table1", "--profile", "smoke", "--seeds", "a,b"], "seeds must be a count"),
 ]
 

@@ -83,14 +83,14 @@ def test_a_data_root_typo_is_an_error_even_when_every_run_is_finished(tmp_path, 
     for p in plan.runs:  # every run finished: nothing would read the data root
         RunDir(runs_root / p.name).path.mkdir(parents=True)
         RunDir(runs_root / p.name).write_final({"status": "finished", "iterations": 1})
-    with pytest.raises(ConfigError, match="data root .*planetiod \\(data_root\\) does not exist"):
+    with pytest.raises(ConfigError, match="data root .*planetiod does not exist \\(from data_root"):
         runner.train(plan, runs_root)
     monkeypatch.setenv("COMHE_DATA", str(typo))
     plan = runner.make_plan(["table11"], "smoke", columns=["Cora"])
     for p in plan.runs:
         RunDir(runs_root / p.name).path.mkdir(parents=True, exist_ok=True)
         RunDir(runs_root / p.name).write_final({"status": "finished", "iterations": 1})
-    with pytest.raises(ConfigError, match="\\$COMHE_DATA"):
+    with pytest.raises(ConfigError, match="planetiod does not exist \\(from \\$COMHE_DATA"):
         runner.train(plan, runs_root)
     monkeypatch.setenv("COMHE_DATA", str(tmp_path))  # one that exists: the finished runs are simply counted
     assert runner.train(plan, runs_root) == {"skipped": len(plan.runs)}
