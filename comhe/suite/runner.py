@@ -252,9 +252,10 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
     width = len(str(len(pending)))
     # Per-run progress and the table's ETA from the runs' progress records, whatever the launcher (progress.py)
     at_once = 1 if nproc > 1 and launcher == "local" else jobs if launcher == "local" or jobs > 1 else len(pending)
+    pending_names = {p.name for p in pending}
     monitor = progress_lib.Monitor([(p.name, d, c) for p, d, c in zip(pending, dirs, cfgs)], at_once, out,
                                    finished=[(str(runs_root / p.name), p.cfg) for p in plan.runs
-                                             if p.name not in {q.name for q in pending}]).start()
+                                             if p.name not in pending_names]).start()
 
     def line(i: int, outcome: str, detail: str, index: str) -> None:
         cell = pending[i].cells[0]
@@ -356,8 +357,14 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
         print("ETA at the measured rates of these runs: " + (f"{progress_lib.duration(eta)} with {jobs} worker(s)"
               if eta is not None else "unknown (no run of this plan has a measured rate yet)"), file=out, flush=True)
     from . import costs
+    from .precheck import check_data_root_exists
     for text in costs.lines([p.cfg for p in todo], data.task):
         print(text, file=out, flush=True)
+    for root in dict.fromkeys(p.cfg["data_root"] for p in plan.runs) if not todo else ():
+        try:  # as training would refuse it (train): every run is finished, so nothing reads a mistyped root
+            check_data_root_exists(root)
+        except ValueError as err:
+            print(f"no data root: {err}", file=out, flush=True)
     for message in dict.fromkeys(no_data.values()):
         runs = sum(m == message for m in no_data.values())
         print(f"no data for {runs} run(s): {message}", file=out, flush=True)

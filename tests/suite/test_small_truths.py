@@ -1,6 +1,7 @@
 """The suite tells the truth in small things (issue 20, Deliver 3): where smoke writes, the regenerate commands,
 DRY=1's cost / GPU / missing-data lines, no empty folders after a failure, a data-root typo, COMHE_DATA as a make
 variable, labels a profile changed, and a smoke run that checks the file as the paper run would."""
+import io
 import os
 import subprocess
 
@@ -92,6 +93,9 @@ def test_a_data_root_typo_is_an_error_even_when_every_run_is_finished(tmp_path, 
         RunDir(runs_root / p.name).write_final({"status": "finished", "iterations": 1})
     with pytest.raises(ConfigError, match="planetiod does not exist \\(from \\$COMHE_DATA"):
         runner.train(plan, runs_root)
+    listing = io.StringIO()
+    runner.dry_run(plan, runs_root, out=listing)
+    assert "no data root: data root " in listing.getvalue() and "planetiod does not exist" in listing.getvalue()
     monkeypatch.setenv("COMHE_DATA", str(tmp_path))  # one that exists: the finished runs are simply counted
     assert runner.train(plan, runs_root) == {"skipped": len(plan.runs)}
 
