@@ -162,9 +162,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.figures is None:  # RESULTS=dir alone moves everything, figures included, out of the checkout
         args.figures = "figures" if str(results) == "results" else str(results / "figures")
     runs_root = results / "runs"
-    if args.profile != "paper" and not args.results and not args.dry_run:
-        print(f"profile {args.profile}: tables, runs and figures go to {results}/ (the paper profile's results/ and "
-              "figures/ are left alone; --results DIR to choose)", flush=True)
     with _no_empty_folders([runs_root, Path(args.figures), results]):
         return _run(args, names, overrides, columns, options, results, runs_root)
 
@@ -178,6 +175,9 @@ def _run(args: argparse.Namespace, names: List[str], overrides: List[str], colum
         return 2
     for exp in plan.experiments:  # for the regenerate command every table and the scorecard print
         exp.results_given = args.results or ""
+    if args.profile != "paper" and not args.results and not args.dry_run:
+        print(f"profile {args.profile}: tables, runs and figures go to {results}/ (the paper profile's results/ and "
+              "figures/ are left alone; --results DIR to choose)", flush=True)
     if not args.dry_run:  # fail before training anything, not when the first record or table is written
         folders = ([] if args.no_figures else [Path(args.figures)]) + [runs_root]
         try:

@@ -5,8 +5,9 @@ regularisers and datasets, so it imports torch: 3-4 s on a quiet machine, 10-50 
 experiment file, override or value must not wait for that. ``check`` reads every requested experiment file (under the
 paper profile too: a smoke run must not pass a file the paper run would refuse), every override against the config
 keys, and every planned cell's top-level keys, types and ranges (``config.validate(..., registries=False)``).
-What is left for planning: the options of ``reg.*`` / ``model_options.*`` / ``data.*`` and the constructors' own
-checks (``reg.proj_dim=0``), which are the registries' business.
+The option names of ``reg.*`` / ``model_options.*`` / ``data.*`` and the registry names are read from the source
+(``train/signatures.py``). What is left for planning: the option values' types and the constructors' own checks
+(``reg.proj_dim=0``), which need the registries, and the Planetoid graphs' ``data.*`` options.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from ..train import config as config_lib
+from ..train import signatures
 from . import experiments as experiments_lib
 from . import overrides as overrides_lib
 from .experiments import Experiment, ExperimentError
@@ -38,10 +40,29 @@ def _top_level(overrides: Sequence[str]) -> List[str]:
     return out
 
 
+def _check_dotted(cfgs: Sequence[dict], overrides: Sequence[str]) -> None:
+    """A ``reg.*`` / ``model_options.*`` / ``data.*`` override must be an option of some cell's regulariser / model /
+    dataset (``experiments.apply_overrides``' rule), judged from the source (``signatures``) where every cell's
+    entry is known there."""
+    for text in overrides:
+        key, _ = config_lib.parse_override(text)
+        head, _, sub = key.partition(".")
+        if not sub or head not in config_lib.OPEN_SECTIONS:
+            continue
+        owner = signatures.OWNERS[head][0]
+        known = [signatures.options(head, cfg[owner]) for cfg in cfgs]
+        if not cfgs or any(k is None for k in known) or any(sub in k for k in known if k is not None):
+            continue
+        valid = sorted({o for k in known if k is not None for o in k})
+        raise config_lib.ConfigError(f"override {text!r}: no run of this experiment has the option {key}"
+                                     f"{config_lib.closest(sub, valid)}")
+
+
 def check_cells(exp: Experiment, overrides: Sequence[str]) -> None:
     """Every trained cell of ``exp`` (its columns not excluded by ``COLUMNS``) with the top-level overrides: keys,
-    types and ranges. Raises ``ConfigError`` naming the file, row and column."""
+    types, ranges and option names. Raises ``ConfigError`` naming the file, row and column."""
     top = _top_level(overrides)
+    cfgs = []
     for row in exp.rows:
         for column in exp.columns:
             if exp.layout_text(row, column) is not None or column.name in exp.not_run:
@@ -54,6 +75,8 @@ def check_cells(exp: Experiment, overrides: Sequence[str]) -> None:
             except config_lib.ConfigError as err:
                 raise config_lib.ConfigError(f"{where}: {err}") from None
             check_data_root(cfg["data_root"], where)
+            cfgs.append(cfg)
+    _check_dotted(cfgs, overrides)
 
 
 def check_data_root(data_root: str, where: str = "") -> None:

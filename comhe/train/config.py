@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterable, List, Mapping
 
 import yaml
 
+from . import signatures
+
 DEFAULTS: Dict[str, Any] = {
     # --- what is trained
     "dataset": "cifar100",      # registry name: cifar10, cifar100, imagenet, fashion_mnist, synthetic, ...
@@ -232,6 +234,9 @@ def validate(cfg: Mapping[str, Any], registries: bool = True) -> None:
     for key, choices in CHOICES.items():  # by value and type: 1 is not True
         if not any(cfg[key] == c and type(cfg[key]) is type(c) for c in choices):
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {cfg[key]!r}")
+    misspelt = signatures.problem(cfg)  # option and registry names, read from the source: no torch yet
+    if misspelt:
+        raise ConfigError(misspelt)
     if not registries:  # what follows reads the registries (models, regularisers, datasets, optimisers): torch
         return
     from . import optim

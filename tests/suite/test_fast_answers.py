@@ -61,6 +61,9 @@ RUN_ERRORS = [
     (["table1", "model=cnn9"], "table1 sets model in its layout"),
     (["table11", "data_root=/nonexistent-comhe/typo"], "data root /nonexistent-comhe/typo does not exist"),
     (["table1", "--profile", "smoke", "--seeds", "a,b"], "seeds must be a count"),
+    (["table1", "reg.projdim=30"], "no run of this experiment has the option reg.projdim (closest: proj_dim"),
+    (["table11", "model_options.hiden=8"], "the option model_options.hiden (closest: hidden)"),
+    (["table1", "--profile", "smoke", "data.num_clases=3"], "the option data.num_clases (closest: num_classes"),
 ]
 
 
@@ -94,6 +97,9 @@ def test_comhe_run_help_lists_targets_data_root_and_overrides_before_torch(no_to
     (["cfg.yaml", "lrr=1"], "unknown config key 'lrr' (override) (closest: lr)"),
     (["cfg.yaml", "iterations=ten"], "iterations (override) must be int"),
     (["bad.yaml"], "is not valid YAML"),
+    (["cfg.yaml", "regularizer=rp_comhe", "reg.projdim=3"], "unknown option reg.projdim for 'rp_comhe' (closest: "),
+    (["cfg.yaml", "regularizer=rp"], "unknown regulariser 'rp'"),
+    (["cfg.yaml", "model=gcm"], "unknown model 'gcm' (did you mean gcn?)"),
 ])
 def test_comhe_train_errors_come_before_torch(no_torch, tmp_path, args, needle):
     (tmp_path / "cfg.yaml").write_text("dataset: cora\nmodel: gcn\nlr: 0.01\n")
@@ -151,3 +157,20 @@ def test_latency_of_a_bad_input_error(no_torch, tmp_path):
           f"| python -m comhe.run tabel1 | {typo_s:.2f} |\n| python -m comhe.run table11 lr=-1 | {range_s:.2f} |\n"
           f"| python -m comhe.run --help | {help_s:.2f} |")
     assert max(typo_s, range_s, help_s) < torch_s
+
+
+def test_the_option_names_read_from_the_source_are_the_registries():
+    """``train/signatures.py`` reads the constructors' option names from the syntax trees (no torch); every entry it
+    gives must equal what the imported registries say, in order, and it must know every regulariser and model."""
+    from comhe import data, models, regularizers
+    from comhe.train import signatures
+    for section, registry, defaults in (("reg", regularizers.REGULARIZERS, regularizers.option_defaults),
+                                        ("model_options", models.MODELS, models.option_defaults),
+                                        ("data", data.DATASETS, data.option_defaults)):
+        for name in registry.names():
+            found = signatures.options(section, name)
+            if found is None:
+                assert section == "data" and data.task(name) == "node", (section, name)  # computed registrations
+                continue
+            assert list(found) == list(defaults(name)), (section, name)
+        assert set(signatures.table(section)) <= set(registry.names())
