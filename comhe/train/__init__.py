@@ -4,6 +4,7 @@
 module              what
 ==================  ==============================================================================
 ``config.py``       every run key with its default and unit; typed ``key=value`` overrides
+``signatures.py``   the registries' option names read from their source, so that config checks need no torch
 ``setup.py``        device, data, model, regulariser, optimiser, step: all that can fail, before training
 ``engine.py``       the resumable loop (evaluation, divergence, stop signals, checkpoints)
 ``steps.py``        one training step: eager or captured in CUDA graphs
