@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
+import yaml
 
 from . import claims as claims_lib
 from .experiments import EXPERIMENTS_DIR, METRICS, CellRun, Experiment, Reference
@@ -78,7 +79,7 @@ def _or_empty(read, default):
     """A partial run's record read for display only: what cannot be read is shown as missing."""
     try:
         return read()
-    except (OSError, ValueError, RecursionError):
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
         return default
 
 

@@ -385,7 +385,9 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
             print(f"  {state:<8} {c.row:<{width_r}} {c.column:<{width_c}} {c.seed:>4}  {c.name}{extra}", file=out)
         for column, why in exp.not_run.items():
             print(f"  not run: {column}: {why}", file=out)
-    counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "todo", "damaged")}
+    counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "todo")}
+    if "damaged" in states.values():
+        counts["damaged"] = sum(v == "damaged" for v in states.values())
     todo = [p for p in plan.runs if states[p.name] not in ("done", "damaged")]
     from .. import data
     # full-batch node runs train no images: an iteration is an epoch of the whole graph
@@ -393,7 +395,7 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
     print(f"{len(plan.runs)} unique runs: {counts['done']} done, {counts['partial']} partial, {counts['todo']} todo; "
           f"left to train: {sum(p.cfg['iterations'] for p in todo)} iterations, {images} training images "
           "(partial runs counted whole)", file=out, flush=True)
-    if counts["damaged"]:
+    if counts.get("damaged"):
         print(f"{counts['damaged']} finished run(s) with damaged records: not results, not retrained (RETRAIN_DAMAGED=1 "
               "retrains them; python -m comhe.run verify names the files)", file=out, flush=True)
     eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs)

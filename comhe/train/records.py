@@ -177,7 +177,14 @@ class RunDir:
         return seal.verify(self.path)
 
     def read_final(self) -> Optional[Dict[str, Any]]:
-        return json.loads(self.final_path.read_text()) if self.final_path.exists() else None
+        """final.json as written (the seal's marker left out: a detail of the record, not a result); None if absent.
+        Raises ``ValueError`` for a damaged file: check ``verify()`` first."""
+        if not self.final_path.exists():
+            return None
+        final = json.loads(self.final_path.read_text())
+        if isinstance(final, dict):
+            final.pop(seal.SEAL_KEY, None)
+        return final
 
     def read_metrics(self) -> List[Dict[str, str]]:
         if not self.metrics_path.exists():

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from comhe.suite import cli, experiments, figures, runner, verify
-from comhe.train import engine, seal
+from comhe.train import cli as train_cli
+from comhe.train import config, engine, seal
 from comhe.train.records import RunDir
 from run_helpers import REPO, small_cfg
 from test_report import FIXTURE, write_records
@@ -96,7 +97,7 @@ def _without_record_lines(md: str) -> str:
     return "\n".join(line for line in md.splitlines() if not line.startswith("Runs: "))
 
 
-def test_a_finished_run_is_sealed_over_every_record_it_is_read_from(tmp_path):
+def test_a_finished_run_is_sealed_over_every_record_it_is_read_from(tmp_path, capsys):
     """A real (tiny) training run: record.sha256 lists config, metrics, meta and final with their SHA-256, in
     sha256sum's format; it is checked intact."""
     run = RunDir(tmp_path / "run")
@@ -109,6 +110,15 @@ def test_a_finished_run_is_sealed_over_every_record_it_is_read_from(tmp_path):
     assert run.verify() == seal.Verdict("sealed")
     if shutil.which("sha256sum"):
         assert subprocess.run(["sha256sum", "--quiet", "-c", seal.MANIFEST], cwd=run.path).returncode == 0
+
+    # python -m comhe.train on it: finished and intact, then damaged: one error line, not "already finished"
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(config.dump(small_cfg(tmp_path)))
+    assert train_cli.main([str(cfg_path), "--run-dir", str(run.path)]) == 0
+    _edit(run.final_path, '"status": "finished"', '"status": "finished" ')
+    assert train_cli.main([str(cfg_path), "--run-dir", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: damaged record: {run.path}/final.json: checksum differs")
 
 
 def test_a_kill_between_the_seal_and_final_json_leaves_an_unfinished_run(tmp_path, monkeypatch):
@@ -195,8 +205,7 @@ def test_records_older_than_seals_are_counted_flagged_and_sealed_on_request(seal
     for name in names.values():
         if (results / "runs" / name / "final.json").exists():
             _as_written_before_seals(results / "runs" / name)
-    sealed_md = _render(sealed_fixture[0].parent / "copy" if False else _copy(sealed_fixture, tmp_path, "s")[0],
-                        capsys)[2]
+    sealed_md = _render(_copy(sealed_fixture, tmp_path, "sealed")[0], capsys)[2]
     code, out, md = _render(results, capsys)
     assert code == 0 and "Unverified run records: 16 run(s)" in md
     assert md.replace(md[md.index("\nUnverified"):md.index("\nReferences:")], "") == sealed_md
@@ -279,3 +288,15 @@ def test_make_verify_and_retrain_damaged(sealed_fixture, tmp_path):
     dry = _make("-n", "table1", "RETRAIN_DAMAGED=1", "PROFILE=smoke").stdout
     assert "--retrain-damaged" in dry and "'RETRAIN_DAMAGED=1'" not in dry      # a make option, not a config override
     assert "RETRAIN_DAMAGED=1" in _make("help").stdout and "make verify" in _make("help").stdout
+
+
+def test_unreadable_records_of_an_unfinished_run_never_crash_a_running_render(sealed_fixture, tmp_path, capsys):
+    """No final.json: nothing to check against a seal, but --running reads its metrics (and every render its
+    config and meta): garbage there shows as no value, not a traceback."""
+    results, names = _copy(sealed_fixture, tmp_path)
+    partial = results / "runs" / names[("HS-MHE", "B", 1)]
+    (partial / "metrics.csv").write_bytes(b"iteration,test_error\n4,\xff\xfe\n")
+    (partial / "meta.json").write_bytes(b"\0" * 64)
+    (partial / "config.yaml").write_text("[unclosed")
+    code, out, md = _render(results, capsys, "--no-figures", "--running")
+    assert code == 0 and "| 26.00 (1) |" in md and "1 partial" in md
