@@ -17,7 +17,8 @@ regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<re
 and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress and the table's ETA are shown
 (``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
-waiting), or a finished run's records are damaged (named; ``--retrain-damaged`` retrains it), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
+waiting), or a finished run's records are damaged (named; ``--retrain-damaged`` retrains it), 2 bad experiment,
+config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
 ``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.
 """
 from __future__ import annotations

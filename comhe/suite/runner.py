@@ -396,8 +396,8 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
           f"left to train: {sum(p.cfg['iterations'] for p in todo)} iterations, {images} training images "
           "(partial runs counted whole)", file=out, flush=True)
     if counts.get("damaged"):
-        print(f"{counts['damaged']} finished run(s) with damaged records: not results, not retrained (RETRAIN_DAMAGED=1 "
-              "retrains them; python -m comhe.run verify names the files)", file=out, flush=True)
+        print(f"{counts['damaged']} finished run(s) with damaged records: not results, not retrained "
+              "(RETRAIN_DAMAGED=1 retrains them; python -m comhe.run verify names the files)", file=out, flush=True)
     eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs)
     if todo:
         print("ETA at the measured rates of these runs: " + (f"{progress_lib.duration(eta)} with {jobs} worker(s)"

@@ -1,4 +1,4 @@
-"""``python -m comhe.run verify [--results DIR] [--seal]`` (``make verify``): check every run record of a results folder.
+"""``python -m comhe.run verify [--results DIR] [--seal]`` (``make verify``): check the run records of a results folder.
 
 Each run folder under ``<results>/runs`` is checked against its seal (``train/seal.py``): one line per damaged run,
 naming the file and why, one per unverified run (written before records were sealed), then a count of each state.
@@ -47,7 +47,8 @@ def seal_unverified(run_dir: Path) -> str:
 
 def main(argv: Optional[List[str]] = None, out=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comhe.run verify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default="results", help="the results folder; its run records are in <results>/runs")
+    parser.add_argument("--results", default="results",
+                        help="the results folder; its run records are in <results>/runs")
     parser.add_argument("--seal", action="store_true",
                         help="seal the unverified records (written before records were sealed) once you trust them")
     args = parser.parse_args(argv)

@@ -276,8 +276,8 @@ def test_the_planner_reports_a_damaged_run_and_retrains_it_only_when_asked(tmp_p
 def _make(*args, cwd=REPO):
     stamp = subprocess.run("cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1", shell=True, cwd=cwd,
                            capture_output=True, text=True).stdout.strip()
-    return subprocess.run(["make", "--no-print-directory", "-o", f".venv/.installed-{stamp}", f"PYTHON={sys.executable}",
-                           *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(["make", "--no-print-directory", "-o", f".venv/.installed-{stamp}",
+                           f"PYTHON={sys.executable}", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_make_verify_and_retrain_damaged(sealed_fixture, tmp_path):
@@ -298,5 +298,5 @@ def test_unreadable_records_of_an_unfinished_run_never_crash_a_running_render(se
     (partial / "metrics.csv").write_bytes(b"iteration,test_error\n4,\xff\xfe\n")
     (partial / "meta.json").write_bytes(b"\0" * 64)
     (partial / "config.yaml").write_text("[unclosed")
-    code, out, md = _render(results, capsys, "--no-figures", "--running")
+    code, _, md = _render(results, capsys, "--no-figures", "--running")
     assert code == 0 and "| 26.00 (1) |" in md and "1 partial" in md
