@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from comhe.suite import cli, experiments, figures, runner, verify
@@ -156,6 +157,10 @@ def test_a_damaged_record_is_named_left_out_and_the_table_still_written(sealed_f
     for ext in ("csv", "tex"):
         assert (results / f"fixture.{ext}").stat().st_size > 0
     assert "1 run(s) left out: damaged run records" in (results / "fixture.tex").read_text()
+    table = pd.read_csv(results / "fixture.csv")
+    row = table[table["run"] == names[DAMAGED_CELL]].iloc[0]
+    assert row["status"] == "damaged" and row["record_problem"].startswith(f"{file}: ") and pd.isna(
+        row["final_test_error"])
 
     # The same table as with the run never there: no mean, std, Δ or claim moved by the damaged record.
     dropped, _ = _copy(sealed_fixture, tmp_path, "dropped")
