@@ -150,9 +150,15 @@ def _curves(cells: Sequence[CellRun], runs_root: Path, column: str) -> pd.DataFr
     for cell in cells:
         if cell.column != column:
             continue
-        rows = RunDir(Path(runs_root) / cell.name).read_metrics()
-        if rows:
-            frame = pd.DataFrame(rows)[["iteration", "test_error", "hidden_energy"]].astype(float)
+        run = RunDir(Path(runs_root) / cell.name)
+        if run.verify().damaged:  # left out, as in the table (report.checked_status)
+            continue
+        try:
+            rows = run.read_metrics()
+            frame = pd.DataFrame(rows)[["iteration", "test_error", "hidden_energy"]].astype(float) if rows else None
+        except (OSError, ValueError, KeyError):  # an unfinished run's unreadable metrics: no curve, no traceback
+            continue
+        if frame is not None:
             frames.append(frame.assign(method=cell.row, seed=cell.seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
