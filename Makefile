@@ -43,8 +43,15 @@ $(STAMP): requirements/ci.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Lint, types, then the tests under coverage (child processes included: runner workers, `python -m comhe.train`,
+# torchrun ranks). The coverage table lists the lines no test runs; CUDA-only lines are marked `pragma: cuda`.
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m ruff check --quiet comhe tests
+	$(PYTHON) -m mypy
+	rm -f .coverage .coverage.*
+	$(PYTHON) -m coverage run -m pytest -q
+	$(PYTHON) -m coverage combine --quiet
+	$(PYTHON) -m coverage report
 
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
@@ -64,7 +71,7 @@ bench-gpu:
 	PYTHONPATH=. $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m comhe.bench.gpu --out $(RESULTS)/bench $(ARGS)
 
 clean:
-	rm -rf .pytest_cache build *.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build *.egg-info
 
 # ---- reproduction: run experiments/<target>.yaml -> collect run records -> render tables and figures ----------------
 PROFILE  ?= paper
