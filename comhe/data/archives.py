@@ -74,8 +74,8 @@ def _members(archive: Path):
         out = []
         for info in zf.infolist():
             mode = info.external_attr >> 16
-            kind = "dir" if info.is_dir() else "other" if stat.S_ISLNK(mode) or (
-                mode and not stat.S_ISREG(mode)) else "file"
+            kind_bits = stat.S_IFMT(mode)  # 0 when the zip records no type (zipfile.writestr): a plain file
+            kind = "dir" if info.is_dir() else "file" if kind_bits in (0, stat.S_IFREG) else "other"
             out.append((info.filename, info.file_size, info.compress_size, kind,
                         lambda info=info: zf.open(info)))
         return zf, out

@@ -32,6 +32,24 @@ MAX_CLASSES = 100_000      # ImageNet-21k has 21,841 classes
 DATA_BOUNDS = {"num_classes": MAX_CLASSES, "train_per_class": 100_000, "test_per_class": 100_000,
                "per_class": 100_000, "num_features": 1_000_000, "num_test": 1_000_000, "isolated": 1_000_000,
                "num_points": 100_000, "image_size": 4096, "size": 4096, "workers": 1024}
+MAX_SYNTHETIC_BYTES = 2 << 30  # a synthetic dataset is written and held in memory: at most 2 GiB of it
+
+
+def _synthetic_bytes(dataset: str, data: Mapping[str, Any]) -> int:
+    """About how many bytes the synthetic dataset ``dataset`` with options ``data`` holds (0: not synthetic). Options
+    left out count 1: their defaults are small (3 to 40 classes, tens of samples a class)."""
+    get = {k: v for k, v in data.items() if _number(v) and v > 0}
+    classes = get.get("num_classes", 1)
+    if dataset == "synthetic":                 # CIFAR batches: 3,072 bytes an image
+        return classes * (get.get("train_per_class", 1) + get.get("test_per_class", 1)) * 3072
+    if dataset == "synthetic_imagenet":        # decoded size of the JPEGs, train and val
+        return 2 * classes * get.get("per_class", 1) * get.get("size", 1) ** 2 * 3
+    if dataset == "synthetic_modelnet40":      # 2,048 points of 3 float32 a shape
+        return classes * (get.get("train_per_class", 1) + get.get("test_per_class", 1)) * 2048 * 12
+    if dataset == "synthetic_planetoid":       # dense features and one-hot labels, 4 bytes each, per node
+        nodes = classes * get.get("train_per_class", 1) + get.get("num_test", 1) + get.get("isolated", 0) + 540
+        return nodes * (get.get("num_features", 1) + classes) * 4
+    return 0
 
 
 class _Refused(yaml.MarkedYAMLError):
@@ -142,6 +160,10 @@ def check_values(cfg: Mapping[str, Any], error: Type[Exception]) -> None:
         bound = DATA_BOUNDS.get(sub)
         if bound is not None and _number(value) and value > bound:
             raise error(f"data.{sub} must be <= {bound:,}, got {value:,}")
+    size = _synthetic_bytes(str(cfg.get("dataset")), cfg.get("data") or {})
+    if size > MAX_SYNTHETIC_BYTES:
+        raise error(f"data: {dict(cfg['data'])} makes a synthetic dataset of ~{size / 2**30:,.0f} GiB, more than "
+                    f"the {MAX_SYNTHETIC_BYTES >> 30} GiB allowed (it is written to disk and held in memory)")
 
 
 def check_seed_list(seeds: list, error: Type[Exception], given: Optional[Any] = None) -> list:
