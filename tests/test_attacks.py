@@ -178,6 +178,23 @@ def test_hostile_experiment_files_are_refused(tmp_path, capsys, extra, needles):
     one_error_line(runner_cli(tmp_path, capsys, str(path)), *needles)
 
 
+@pytest.mark.parametrize("extra, needles", [
+    ("base: 5\n", ["base must be a mapping, got 5"]),
+    ("notes: [1, {a: 2}]\n", ["notes[0] must be text, got 1"]),
+    ("references: [{values: 1}]\n", ["references[0].values must be a mapping, got 1"]),
+    ("claims: [5]\n", ["claims[0] must be a mapping, got 5"]),
+    ("metric: [1]\n", ["metric must be text, got [1]"]),
+    ("profiles: 5\n", ["profiles must be a mapping, got 5"]),
+    ("rows: [{name: a, config: 5}]\n", ["rows[0].config must be a mapping, got 5"]),
+    ("rows: [{name: {a: 1}, config: {}}]\n", ["rows[0].name must be text"]),
+    ("columns: [{name: b, x: abc}]\n", ["columns[0].x must be a number, got 'abc'"]),
+    ("columns: [{name: b, config: 5}]\n", ["columns[0].config must be a mapping, got 5"]),
+], ids=lambda v: v.strip()[:30] if isinstance(v, str) else None)
+def test_values_of_the_wrong_type_are_refused_in_one_line(tmp_path, capsys, extra, needles):
+    """Each of these was a TypeError, AttributeError or KeyError traceback."""
+    one_error_line(runner_cli(tmp_path, capsys, str(experiment_file(tmp_path, extra))), *needles)
+
+
 def test_an_alias_bomb_in_the_base_config_is_refused(tmp_path, capsys):
     path = tmp_path / "exp.yaml"
     path.write_text(EXPERIMENT + "base:\n  dataset: synthetic\n  monitor_exclude:\n" +

@@ -201,6 +201,7 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
     path = find(name_or_path)
     raw = inputs.read_yaml(path, ExperimentError, "experiment file") or {}  # UTF-8, bounded depth, no aliases
     _require(isinstance(raw, Mapping), path, "must hold a mapping")
+    _check_shapes(raw, path)
     for section in ("rows", "columns"):
         entries = raw.get(section) or []
         _require(isinstance(entries, list) and all(isinstance(e, Mapping) and "name" in e for e in entries), path,
@@ -228,6 +229,43 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
         select=raw.get("select"), selected_by=raw.get("selected_by"), seeds_given=seeds not in (None, ""))
     _check(exp)
     return exp
+
+
+# The type of each top-level key, and of each entry's keys (``None`` is accepted where a key may be left out): a
+# value of another type is refused in one line here, not as a TypeError wherever it is first used.
+_STR, _MAP, _LIST, _NUM = (str,), (Mapping,), (list,), (int, float)
+TOP_TYPES = {"name": _STR, "title": _STR, "source": _STR, "kind": _STR, "metric": _STR, "base": _MAP, "rows": _LIST,
+             "columns": _LIST, "references": _LIST, "claims": _LIST, "figures": _LIST, "notes": _LIST,
+             "select": _MAP, "selected_by": _STR, "profiles": _MAP}
+ENTRY_TYPES = {"rows": {"name": _STR, "config": _MAP, "cells": _MAP},
+               "columns": {"name": _STR, "config": _MAP, "vars": _MAP, "metric": _STR, "x": _NUM},
+               "references": {"label": _STR, "source": _STR, "values": _MAP},
+               "claims": {"text": _STR, "order": _LIST, "better": _LIST, "than": _STR, "columns": _LIST,
+                          "cells": _LIST},
+               "figures": {"kind": _STR}}
+_TYPE_NAMES = {_STR: "text", _MAP: "a mapping", _LIST: "a list", _NUM: "a number", (bool,): "true or false"}
+PROFILE_TYPES = {"config": _MAP, "datasets": _MAP, "columns": _MAP, "rows": _MAP, "keep_weights": (bool,)}
+
+
+def _check_types(mapping: Mapping, types: Mapping[str, tuple], where: str, path: Path) -> None:
+    for key, allowed in types.items():
+        value = mapping.get(key)
+        ok = value is None or (isinstance(value, allowed) and not (allowed is _NUM and isinstance(value, bool)))
+        _require(ok, path, f"{where}{key} must be {_TYPE_NAMES[allowed]}, got {value!r:.60}")
+
+
+def _check_shapes(raw: Mapping, path: Path) -> None:
+    """The types of the file's keys and of its entries' keys (``TOP_TYPES``, ``ENTRY_TYPES``, ``PROFILE_TYPES``)."""
+    _check_types(raw, TOP_TYPES, "", path)
+    for section, types in ENTRY_TYPES.items():
+        for i, entry in enumerate(raw.get(section) or []):
+            _require(isinstance(entry, Mapping), path, f"{section}[{i}] must be a mapping, got {entry!r:.60}")
+            _check_types(entry, types, f"{section}[{i}].", path)
+    for i, note in enumerate(raw.get("notes") or []):
+        _require(isinstance(note, str), path, f"notes[{i}] must be text, got {note!r:.60}")
+    for name, spec in (raw.get("profiles") or {}).items():
+        _require(spec is None or isinstance(spec, Mapping), path, f"profiles.{name} must be a mapping")
+        _check_types(spec or {}, PROFILE_TYPES, f"profiles.{name}.", path)
 
 
 def _is_experiment(name_or_path: str) -> bool:
