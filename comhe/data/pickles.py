@@ -12,8 +12,8 @@ object arrays: those would unpickle arbitrary objects). A name not in ``ALLOWED`
 unexpected state raises ``UnsafePickle`` before any object of the file is returned.
 
 The work is bounded too: a file is read up to ``MAX_BYTES``; converting the loaded objects visits each one once
-(an object the pickle shares through its memo stays shared, never copied), at most ``MAX_OBJECTS`` containers (``MAX_ITEMS`` items) nested
-at most ``MAX_DEPTH`` deep; every failure is one ``UnsafePickle`` line, never a ``RecursionError`` or a hang.
+(an object the pickle shares through its memo stays shared, never copied), at most ``MAX_OBJECTS`` containers
+(``MAX_ITEMS`` items) nested at most ``MAX_DEPTH`` deep; every failure is one ``UnsafePickle`` line, never a ``RecursionError`` or a hang.
 ``_codecs.encode(text, "latin1")`` is allowed: it is how Python 3 writes ``bytes`` in a protocol-2 pickle (the
 synthetic CIFAR batches), and it only turns a string into bytes.
 """
