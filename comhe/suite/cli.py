@@ -137,8 +137,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Preempted as err:
             print(f"{err}" if "resume" in str(err) else f"{err}; rerun the same command to resume", file=sys.stderr)
             return 143
-        except DiskFailure as err:  # a run stopped on a full or failing disk (io_errors.py)
-            print(f"error: {err}", file=sys.stderr)
+        except (DiskFailure, OSError) as err:  # a run (or the data written before) hit a full or failing disk
+            message = str(err) if isinstance(err, DiskFailure) else disk_error(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
             return 2
     try:
         runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running)
