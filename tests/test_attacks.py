@@ -514,3 +514,18 @@ def test_a_real_file_size_limit_mid_run_is_one_line_exit_2(tmp_path):
     one_error_line(proc.stderr, "I/O error", "File too large")
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and RunDir(tmp_path / "run").status() == "done", proc.stderr
+
+
+@pytest.mark.slow
+def test_the_real_command_line_prints_one_line_for_an_alias_bomb(tmp_path):
+    """A real ``python -m comhe.run``: exactly one stderr line, nothing on stdout, nothing written, no hang."""
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    path = experiment_file(tmp_path, "notes:\n" + alias_bomb())
+    proc = subprocess.run([sys.executable, "-m", "comhe.run", str(path), "--results", str(tmp_path / "results")],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    one_error_line(proc.stderr, "exp.yaml: line 7, column 10 uses the alias *a0")
+    assert [p.name for p in tmp_path.iterdir()] == ["exp.yaml"]
