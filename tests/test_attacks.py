@@ -529,3 +529,22 @@ def test_the_real_command_line_prints_one_line_for_an_alias_bomb(tmp_path):
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
     one_error_line(proc.stderr, "exp.yaml: line 7, column 10 uses the alias *a0")
     assert [p.name for p in tmp_path.iterdir()] == ["exp.yaml"]
+
+
+@pytest.mark.parametrize("dataset, writer", [("synthetic", "write_cifar"),
+                                             ("synthetic_modelnet40", "write_modelnet40")])
+def test_a_full_disk_while_writing_a_synthetic_set_leaves_no_half_copy(tmp_path, monkeypatch, dataset, writer):
+    from comhe.data import synthetic_points
+    module = synthetic if writer == "write_cifar" else synthetic_points
+    if dataset == "synthetic_modelnet40":
+        pytest.importorskip("h5py")
+
+    def full(folder, **_):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "half").write_bytes(b"\0")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(module, writer, full)
+    (tmp_path / "data").mkdir()  # a data root in use (a root the build created is removed whole on failure)
+    with pytest.raises(OSError, match="No space left"):
+        data.build(dataset, root=tmp_path / "data", num_classes=4)
+    assert list((tmp_path / "data").iterdir()) == []

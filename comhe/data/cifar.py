@@ -160,7 +160,11 @@ def _synthetic(root: Path, device: torch.device, download: bool, num_classes: in
     if synthetic.read_manifest(where / base.base_folder).get("params") != params:
         partial = root / f".{where.name}.partial{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        synthetic.write_cifar(partial, **params)
+        try:
+            synthetic.write_cifar(partial, **params)
+        except BaseException:  # a full disk, Ctrl-C: no half-written copy is left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         try:
             partial.rename(where)  # atomic; if another process got there first, theirs is identical: keep it
         except OSError:

@@ -249,7 +249,11 @@ def _synthetic_modelnet40(root: Path, device: torch.device, download: bool, num_
     if synthetic_points.read_manifest(where / FOLDER).get("params") != params:
         partial = root / f".{where.name}.partial{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        synthetic_points.write_modelnet40(partial, **params)
+        try:
+            synthetic_points.write_modelnet40(partial, **params)
+        except BaseException:  # a full disk, Ctrl-C: no half-written copy is left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         try:
             partial.rename(where)
         except OSError:  # another process got there first; its files are identical
