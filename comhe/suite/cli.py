@@ -31,6 +31,7 @@ from typing import List, Optional
 
 from ..train import config as config_lib
 from ..train import records
+from ..train.io_errors import DiskFailure, disk_error
 from . import experiments, runner
 
 
@@ -144,7 +145,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Preempted as err:
             print(f"{err}" if "resume" in str(err) else f"{err}; rerun the same command to resume", file=sys.stderr)
             return 143
-    runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running)
+        except (DiskFailure, OSError) as err:  # a run (or the data written before) hit a full or failing disk
+            message = str(err) if isinstance(err, DiskFailure) else disk_error(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+    try:
+        runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running)
+    except OSError as err:  # a full disk, or a folder made unwritable since the check: one line, the runs are kept
+        print(f"error: {disk_error(err) or f'cannot write {err.filename}: {err.strerror or err}'} (tables and "
+              f"figures are rendered again by the same command)", file=sys.stderr)
+        return 2
     if counts.get("no data"):
         return 2
     damaged = runner.damaged_runs(plan.runs, runs_root)  # named by render; the table is written, yet incomplete

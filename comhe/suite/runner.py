@@ -34,6 +34,7 @@ from . import experiments as experiments_lib
 from . import progress as progress_lib
 from .experiments import CellRun, Experiment
 from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
+from ..train.io_errors import DiskFailure
 from ..train.records import RunDir, RunLocked
 from ..train.seal import Verdict
 
@@ -293,7 +294,7 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
     cfgs = prepare_configs(pending, jobs, nproc) if launcher == "local" else [dict(p.cfg) for p in pending]
     dirs = [str(runs_root / p.name) for p in pending]
     keep = [plan.keep_weights[p.name] for p in pending]
-    started, done, locked = time.perf_counter(), [0], []
+    started, done, locked, disk_failures = time.perf_counter(), [0], [], []
     width = len(str(len(pending)))
     # Per-run progress and the table's ETA from the runs' progress records, whatever the launcher (progress.py)
     at_once = 1 if nproc > 1 and launcher == "local" else jobs if launcher == "local" or jobs > 1 else len(pending)
@@ -320,8 +321,10 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
              f"{done[0]}/{len(pending)}")
         if result.get("traceback"):
             print(result["traceback"], file=out, flush=True)
-        if outcome == "no data":
+        if outcome in ("no data", "io error"):
             print(f"stopping: {result['message']}", file=out, flush=True)
+            if outcome == "io error":
+                disk_failures.append(result["message"])
             return False
         return True
 
@@ -335,7 +338,7 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
     interrupted = False  # Ctrl-C while waiting for runs another process trains
     try:  # the monitor stops on every way out (before the closing line, so bars never tear it)
         launch(list(range(len(pending))))
-        while locked and not counts.get("no data") and not interrupted:
+        while locked and not counts.get("no data") and not disk_failures and not interrupted:
             print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
                   "stops waiting and renders what exists)", file=out, flush=True)
             waiting, locked[:] = list(locked), []
@@ -357,6 +360,8 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
                     launch(free)  # one locked again by a third process goes back to `locked`
     finally:
         monitor.stop()
+    if disk_failures:
+        raise DiskFailure(disk_failures[0])
     if interrupted:
         print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
         return counts

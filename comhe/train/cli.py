@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from . import config as config_lib
+from .io_errors import disk_error
 from .records import RunLocked, run_name
 
 COLUMNS = [("iteration", "iter", 7, "d"), ("epoch", "epoch", 7, ".1f"), ("lr", "lr", 8, ".4g"),
@@ -105,9 +106,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         setup = trainer.prepare(cfg, ctx)
-    except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)
+    except (DatasetUnavailable, ValueError, OSError) as err:  # ValueError: options the schema cannot see
         distributed.shutdown(ctx)
-        return _fail(str(err), 2)
+        if isinstance(err, OSError) and disk_error(err) is None:
+            raise
+        return _fail(disk_error(err) or str(err), 2)
     report = None
     if ctx.is_main and args.progress != "none":
         use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
@@ -125,6 +128,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 143
     except (PermissionError, NotADirectoryError, FileExistsError) as err:  # e.g. the disk became read-only
         return _fail(_unwritable(run_dir, err), 2)
+    except OSError as err:  # the disk is full or failing: the run resumes from its last checkpoint (io_errors.py)
+        if disk_error(err) is None:
+            raise
+        return _fail(disk_error(err), 2)
     finally:
         distributed.shutdown(ctx)
     if final["status"] == "diverged":
