@@ -9,11 +9,11 @@ every table's header, and are not repeated per label unless the profile also set
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import experiments as experiments_lib
 from . import overrides as overrides_lib
-from .experiments import Experiment
+from .experiments import Column, Experiment, Row
 
 
 def _dotted(cfg: Mapping[str, Any], keys: Sequence[str]) -> Dict[str, Any]:
@@ -42,7 +42,8 @@ def notes(exp: Experiment) -> List[str]:
     # in its header; what it sets for one label (``columns`` / ``rows``) is what a label can then misstate.
     premise = set(overrides_lib.layout_keys_of(spec.get("config"))) | {"dataset", "data"}
     changed: Dict[str, List[str]] = {}
-    labelled = [(f"column {c.name}", c, c.config, None, (spec.get("columns") or {}).get(c.name)) for c in exp.columns]
+    labelled: List[Tuple[str, Optional[Column], Any, Optional[Row], Any]] = [
+        (f"column {c.name}", c, c.config, None, (spec.get("columns") or {}).get(c.name)) for c in exp.columns]
     labelled += [(f"row {r.name}", None, r.config, r, (spec.get("rows") or {}).get(r.name))
                  for r in exp.rows if r.config is not None]
     for label, column, layer_cfg, row, own in labelled:

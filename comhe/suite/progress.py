@@ -231,8 +231,9 @@ class Monitor:
         for run_dir, cfg in self.reference:  # read once: finished runs do not change
             if run_dir not in self._final_rates:
                 self._final_rates[run_dir] = measured_rate(run_dir, cfg)
-            if self._final_rates[run_dir]:
-                rates[run_dir] = self._final_rates[run_dir]
+            known = self._final_rates[run_dir]
+            if known:
+                rates[run_dir] = known
         eta = table_eta([(d, c) for _, d, c in self.runs], self.concurrent, rates, records, self.reference)
         observed = self._observed_eta(done, finished)
         if observed is not None:  # the larger: run rates leave out each run's start-up (imports, data, model)

@@ -69,10 +69,11 @@ def _regularizers() -> Dict[str, Tuple[str, ...]]:
     table: Dict[str, str] = {}
     library_only: Tuple[str, ...] = ()
     for node in ast.walk(init):
-        if isinstance(node, ast.Dict) and node.keys and all(
-                isinstance(k, ast.Constant) and isinstance(k.value, str) for k in node.keys) and all(
-                isinstance(v, ast.Name) for v in node.values):
-            table.update({k.value: v.id for k, v in zip(node.keys, node.values)})  # type: ignore[union-attr]
+        if isinstance(node, ast.Dict):
+            pairs = [(k.value, v.id) for k, v in zip(node.keys, node.values)
+                     if isinstance(k, ast.Constant) and isinstance(k.value, str) and isinstance(v, ast.Name)]
+            if pairs and len(pairs) == len(node.keys):  # a {"name": Class, ...} table
+                table.update(pairs)
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "LIBRARY_ONLY"
                                                 for t in node.targets):
             library_only = tuple(ast.literal_eval(node.value))
