@@ -16,7 +16,9 @@ regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<re
 and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress and the table's ETA are shown
 (``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
-waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
+waiting), 2 bad experiment, config, ``--nproc`` or missing data, 130 (Ctrl-C) or 143 (SIGTERM) stopped by a signal:
+no run starts after it, the runs in progress checkpoint, the tables and figures are rendered from what exists, marked
+incomplete (rerun to resume; a second Ctrl-C stops at once; ``train/interrupt.py``).
 ``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import List, Optional
 
 from ..train import config as config_lib
 from ..train import records
+from ..train.interrupt import STOP, StopNow
 from . import experiments, runner
 
 
@@ -50,6 +53,19 @@ def _bad_choice(what: str, value: str, valid, make_name: str) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line, under the stop signals' handling: a first Ctrl-C or SIGTERM winds down (one line says
+    how), a second Ctrl-C stops at once, never with a traceback."""
+    with STOP.handling("stopping after planning: no run starts; the tables and figures are rendered from what "
+                       "exists"):
+        try:
+            return _main(argv)
+        except StopNow:
+            print("stopped at once by a second Ctrl-C: every file is whole (written atomically); rerun the same "
+                  "command to resume the runs from their last checkpoints and render the tables", file=sys.stderr)
+            return 130
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comhe.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("args", nargs="+", metavar="TARGET|key=value")
     parser.add_argument("--profile", default="paper", help=f"one of {', '.join(experiments.PROFILES)}")
@@ -110,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         runner.dry_run(plan, runs_root, out=sys.stdout, jobs=args.jobs or 1)
         return 0
     counts = {}
-    if not args.collect_only:
+    if not args.collect_only and not STOP.requested:
         from ..data import DatasetUnavailable
         from ..train.engine import Preempted
         measured = runner.measured_defaults(results) if args.launcher == "local" else {}  # {} on the CPU
@@ -135,8 +151,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         except Preempted as err:
             print(f"{err}" if "resume" in str(err) else f"{err}; rerun the same command to resume", file=sys.stderr)
-            return 143
-    runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running)
+            if not STOP.requested:
+                return 143
+    incomplete = f"stopped by {STOP.signal_name()} before every run finished; rerun the same command to resume" \
+        if STOP.requested else ""
+    with STOP.phase("finishing the tables and figures from what exists"):
+        runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running,
+                      incomplete=incomplete)
+    if STOP.requested:
+        return STOP.exit_code()
     if counts.get("no data"):
         return 2
     return 1 if counts.get("failed") or counts.get("locked") or counts.get("preempted") else 0
