@@ -231,7 +231,16 @@ def check_nproc(pending: Sequence[Planned], nproc: int) -> None:
 def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", options: Dict[str, Any] = None,
           out=sys.stdout, nproc: int = 1, poll_s: float = WAIT_POLL_S) -> Dict[str, int]:
     """Train every run of the plan that is not finished; wait for those another process is training (module
-    docstring). Returns the count of each outcome. Raises ``ConfigError`` for an ``nproc`` that does not fit."""
+    docstring). Returns the count of each outcome. Raises ``ConfigError`` for an ``nproc`` that does not fit.
+
+    A first stop signal (Ctrl-C, SIGTERM: ``train/interrupt.py``) starts no further run; the runs in progress
+    checkpoint and stop, and come back ``stopped``, the others ``not started``; a second Ctrl-C raises ``StopNow``."""
+    with STOP.handling("no run starts; the runs in progress checkpoint and stop"):
+        return _train(plan, runs_root, jobs, launcher, options, out, nproc, poll_s)
+
+
+def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optional[Dict[str, Any]], out, nproc: int,
+           poll_s: float) -> Dict[str, int]:
     runs_root = Path(runs_root)
     pending = [p for p in plan.runs if status(runs_root, p.name) != "done"]
     counts = {"skipped": len(plan.runs) - len(pending)}
