@@ -377,3 +377,26 @@ def test_the_engine_stops_on_ctrl_c_like_on_sigterm(tmp_path):
     with pytest.raises(engine.Preempted, match="at iteration 5"):
         engine.train(cfg, tmp_path / "run", report=interrupt)
     assert checkpoint.load_latest(RunDir(tmp_path / "run").checkpoint_dir)["iteration"] == 5
+
+
+@pytest.mark.slow  # ~60 s on two loaded cores: torchrun starts two workers
+def test_ctrl_c_with_nproc_2_checkpoints_through_torchrun_without_a_traceback(tmp_path, monkeypatch):
+    """NPROC=2: torchrun runs in its own session; the runner sends it one SIGTERM, the ranks agree on a step and
+    rank 0 checkpoints; torchrun's own account of the shutdown stays in its log."""
+    monkeypatch.setenv("COMHE_DATA", str(tmp_path / "data"))
+    spec = _experiment(tmp_path)
+    spec.write_text(spec.read_text().replace("seeds: 3", "seeds: 2").replace("batch_size: 8", "batch_size: 16"))
+    results = tmp_path / "results"
+    plan = runner.make_plan([str(spec)])
+    first, second = [RunDir(results / "runs" / p.name) for p in plan.runs]
+    proc = _start([sys.executable, "-m", "comhe.run", str(spec), "--nproc", "2", "--results", str(results),
+                   "--no-figures"], tmp_path)
+    _wait_for(lambda: bool(first.read_metrics()), proc, tmp_path, "the first run training")
+    os.killpg(proc.pid, signal.SIGINT)
+    code, out, err = _end(proc, tmp_path)
+    _no_traceback(out, err)
+    assert code == 130, (code, out[-2000:], err[-2000:])
+    stopped_at = checkpoint.load_latest(first.checkpoint_dir)["iteration"]
+    assert 0 < stopped_at < 200 and stopped_at % engine.CHECK_EVERY == 0 and first.status() == "partial"
+    assert not second.path.exists() and "1 stopped, 1 not started" in out, out[-2000:]
+    assert "INCOMPLETE: stopped by Ctrl-C" in (results / "stopping.md").read_text()
