@@ -134,8 +134,7 @@ def _main(args) -> int:
     except RunLocked as err:
         return _fail(str(err), 3)
     except engine.Preempted as err:
-        if ctx.is_main:
-            print(str(err), file=sys.stderr)
+        print(str(err), file=sys.stderr)
         return STOP.exit_code() if STOP.requested else 143
     except (PermissionError, NotADirectoryError, FileExistsError) as err:  # e.g. the disk became read-only
         return _fail(_unwritable(run_dir, err), 2)

@@ -114,7 +114,7 @@ class StopState:
         if self.signum is None:
             self.signum = signum
             if not self.quiet:
-                again = "; Ctrl-C again to stop at once" if signal.SIGINT in self._previous else ""
+                again = "; Ctrl-C again to stop at once" if signal.SIGINT in self._previous and self.escalate else ""
                 _say(f"{signal_name(signum)}: {self.doing}{again}")
             for call in list(self.on_first):
                 call(signum)
