@@ -124,7 +124,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
             return 2
     if args.dry_run:
         runner.dry_run(plan, runs_root, out=sys.stdout, jobs=args.jobs or 1)
-        return 0
+        return STOP.exit_code() if STOP.requested else 0
     counts = {}
     if not args.collect_only and not STOP.requested:
         from ..data import DatasetUnavailable

@@ -6,6 +6,7 @@ module              what
 ``config.py``       every run key with its default and unit; typed ``key=value`` overrides
 ``setup.py``        device, data, model, regulariser, optimiser, step: all that can fail, before training
 ``engine.py``       the resumable loop (evaluation, divergence, stop signals, checkpoints)
+``interrupt.py``    stop signals: the first Ctrl-C / SIGTERM winds down, a second Ctrl-C stops at once
 ``steps.py``        one training step: eager or captured in CUDA graphs
 ``losses.py``       the official loss and cross-entropy
 ``checkpoint.py``   atomic, checksummed checkpoints
