@@ -8,6 +8,7 @@
     python -m comhe.run table6 --nproc 8                # each run on 8 GPUs (torchrun, DDP)
     python -m comhe.run table1 --collect-only --running  # the table now, runs still training marked
     python -m comhe.run my.yaml --profile smoke         # your own experiment (docs/reference.md §7)
+    python -m comhe.run verify --results results        # check every run record's seal (suite/verify.py)
 
 Targets: table1 ... table11, fig1 ... fig3, demo, ``all`` (every table and figure), ``tables``, ``figures``, or a path
 to an experiment YAML. ``key=value`` arguments override config keys in every cell (``reg.*`` only where the
@@ -16,9 +17,10 @@ regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<re
 and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress and the table's ETA are shown
 (``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
-waiting), 2 bad experiment, config, ``--nproc`` or missing data, 130 (Ctrl-C) or 143 (SIGTERM) stopped by a signal:
-no run starts after it, the runs in progress checkpoint, the tables and figures are rendered from what exists, marked
-incomplete (rerun to resume; a second Ctrl-C stops at once; ``train/interrupt.py``).
+waiting), or a finished run's records are damaged (named; ``--retrain-damaged`` retrains it), 2 bad experiment,
+config, ``--nproc`` or missing data, 130 (Ctrl-C) or 143 (SIGTERM) stopped by a signal: no run starts after it, the
+runs in progress checkpoint, the tables and figures are rendered from what exists, marked incomplete (rerun to
+resume; a second Ctrl-C stops at once; ``train/interrupt.py``).
 ``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.
 """
 from __future__ import annotations
@@ -66,6 +68,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _main(argv: Optional[List[str]] = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["verify"]:
+        from . import verify
+        return verify.main((sys.argv[1:] if argv is None else argv)[1:])
     parser = argparse.ArgumentParser(prog="python -m comhe.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("args", nargs="+", metavar="TARGET|key=value")
     parser.add_argument("--profile", default="paper", help=f"one of {', '.join(experiments.PROFILES)}")
@@ -86,6 +91,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--figures", default=None,
                         help="default: figures/, or <results>/figures when --results is given")
     parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--retrain-damaged", action="store_true",
+                        help="retrain finished runs whose records are damaged (python -m comhe.run verify)")
     parser.add_argument("--running", action="store_true",
                         help="tables and figures also count runs still training, at their latest evaluation (marked)")
     args = parser.parse_intermixed_args(argv)
@@ -142,7 +149,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
                 print(f"step mode measured fastest on this card by make bench-gpu: {', '.join(changed)} "
                       f"(compile=false cuda_graph=false turns it off)")
         try:
-            counts = runner.train(plan, runs_root, jobs, args.launcher, options, nproc=args.nproc)
+            counts = runner.train(plan, runs_root, jobs, args.launcher, options, nproc=args.nproc,
+                                  retrain_damaged=args.retrain_damaged)
         except (DatasetUnavailable, config_lib.ConfigError) as err:
             hint = ("; or run only the columns whose data you have: COLUMNS=<names> (--columns)"
                     if isinstance(err, DatasetUnavailable) and any(len(e.columns) > 1 for e in plan.experiments)
@@ -162,7 +170,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
         return STOP.exit_code()
     if counts.get("no data"):
         return 2
-    return 1 if counts.get("failed") or counts.get("locked") or counts.get("preempted") else 0
+    damaged = runner.damaged_runs(plan.runs, runs_root)  # named by render; the table is written, yet incomplete
+    return 1 if counts.get("failed") or counts.get("locked") or counts.get("preempted") or damaged else 0
 
 
 if __name__ == "__main__":

@@ -271,8 +271,8 @@ def launch_local(pending, cfgs: Sequence[Dict], dirs: Sequence[str], keep: Seque
             if STOP.requested:
                 on_result(i, NOT_STARTED)
                 continue
-            call = (lambda: execute_torchrun(cfg, run_dir, keep_weights, nproc, out)) if nproc > 1 else \
-                (lambda: execute_one(cfg, run_dir, keep_weights))
+            call = (lambda c=cfg, d=run_dir, k=keep_weights: execute_torchrun(c, d, k, nproc, out)) if nproc > 1 \
+                else (lambda c=cfg, d=run_dir, k=keep_weights: execute_one(c, d, k))
             try:
                 result = _guarded(call)
             except Preempted as err:

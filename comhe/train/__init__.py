@@ -15,6 +15,7 @@ module              what
 ``tracking.py``     optional TensorBoard logging of the metrics rows (``tensorboard=true``)
 ``distributed.py``  torchrun / DDP
 ``seeding.py``      seeds and RNG states
+``cpu.py``          threads and subnormal floats on the CPU (measured into ``meta.json``)
 ``cli.py``          ``python -m comhe.train cfg.yaml key=value ...``
 ==================  ==============================================================================
 

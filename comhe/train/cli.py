@@ -6,12 +6,13 @@
 
 The run directory defaults to ``<runs-root>/<label>-s<seed>-<config hash>`` (``records.run_name``). Progress is a
 tqdm bar on a terminal, else one fixed-column line per evaluation. Exit codes: 0 done (or already done), 2 bad
-config, missing data or an unwritable run directory (one ``error:`` line; the run directory is not created), 3 the
-run is being trained by another process, 4 diverged, 130 (Ctrl-C) or 143 (SIGTERM; 128 + the signal's number)
-stopped by a signal: the run checkpointed (relaunch to resume), with one line and no traceback; a second Ctrl-C stops
-at once, from the previous checkpoint (``interrupt.py``). Under torchrun these are each worker's codes: torchrun itself exits 1 when any worker fails, so scripts
-read the run's ``final.json`` (or its absence) rather than torchrun's exit code. ``COMHE_OFFLINE=1`` disables
-dataset downloads.
+config, missing data, an unwritable run directory (one ``error:`` line; the run directory is not created) or a
+finished run whose records are damaged (``records.RunDir.verify``), 3 the run is being trained by another process,
+4 diverged, 130 (Ctrl-C) or 143 (SIGTERM; 128 + the signal's number) stopped by a signal: the run checkpointed
+(relaunch to resume), with one line and no traceback; a second Ctrl-C stops at once, from the previous checkpoint
+(``interrupt.py``). Under torchrun these are each worker's codes: torchrun itself exits 1 when any worker fails, so
+scripts read the run's ``final.json`` (or its absence) rather than torchrun's exit code. ``COMHE_OFFLINE=1``
+disables dataset downloads.
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             return _main(args)
         except StopNow:
-            print(f"stopped at once by a second Ctrl-C: nothing more was written; rerun the same command to resume "
+            print("stopped at once by a second Ctrl-C: nothing more was written; rerun the same command to resume "
                   "from the last checkpoint", file=sys.stderr)
             return 130
 
@@ -100,6 +101,10 @@ def _main(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / run_name(cfg, args.label)
     from .records import RunDir
     if RunDir(run_dir).status() == "done":
+        verdict = RunDir(run_dir).verify()  # a damaged record is no result; retrained only when asked
+        if verdict.damaged:
+            return _fail(f"damaged record: {run_dir}/{verdict.problem}; not retrained (move the folder away to "
+                         "retrain it, or make <target> RETRAIN_DAMAGED=1)", 2)
         print(f"{run_dir}: already finished, not retrained")
         return 0
     try:  # before the data is loaded (maybe downloaded), and without creating the run directory itself

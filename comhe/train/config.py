@@ -61,7 +61,9 @@ DEFAULTS: Dict[str, Any] = {
     "compile": False,           # torch.compile the model and the regulariser's energy (first steps pay the compile)
     "cuda_graph": False,        # capture the whole step (optimiser included) in CUDA graphs (steps.py)
     "workers": 8,               # DataLoader workers per process (ImageNet only; CIFAR lives on the device)
-    "threads": 0,               # CPU threads for torch (0: torch's default)
+    "threads": 0,               # CPU threads for torch (0: auto, train/cpu.py: 1 for a graph run, else torch's default)
+    "flush_subnormals": True,   # flush subnormal floats to zero on the CPU (x86 computes them tens of times
+                                # slower; train/cpu.py, docs/speed.md); false keeps them, PyTorch's default
     # --- observing a run (not part of its identity)
     "tensorboard": False,       # log every metrics row to <run dir>/tensorboard/ (train/tracking.py)
 }

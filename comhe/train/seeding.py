@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import Any, Dict
 
 import numpy as np
@@ -21,7 +22,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    # torch.use_deterministic_algorithms imports torch._inductor (~1 s of CPU, more than a Cora run) to set its config:
+    # only where the setting changes. inductor's flag matters once torch.compile is imported, so it is kept in step.
+    inductor = sys.modules.get("torch._inductor.config")
+    if (torch.are_deterministic_algorithms_enabled() != deterministic
+            or torch.is_deterministic_algorithms_warn_only_enabled()
+            or (inductor is not None and inductor.deterministic != deterministic)):
+        torch.use_deterministic_algorithms(deterministic, warn_only=False)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
 
