@@ -388,8 +388,10 @@ def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optio
         print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
         return counts
     if STOP.requested:
+        last = ("stopped", "not started")  # the runs the stop left, after those that ended
+        order = [k for k in counts if k not in last] + [k for k in last if k in counts]
         print(f"stopped by {STOP.signal_name()} after {time.perf_counter() - started:.0f} s: "
-              + ", ".join(f"{v} {k}" for k, v in counts.items())
+              + ", ".join(f"{counts[k]} {k}" for k in order)
               + ("; the stopped runs checkpointed: rerun the same command to resume" if counts.get("stopped") else ""),
               file=out, flush=True)
         return counts
