@@ -41,6 +41,8 @@ def signal_name(signum: int) -> str:
 
 
 class StopState:
+    """Whether (and by which signal) this process was asked to stop, and how it reacts to the next one."""
+
     def __init__(self):
         self.signum: Optional[int] = None   # the first stop signal received; None while no stop was asked for
         self.doing = "stopping"             # the one line's text after "<signal>: " (set by the current phase)
@@ -122,8 +124,7 @@ class StopState:
         if signum != signal.SIGINT or not self.escalate:
             return  # a stop is under way; a forwarded or repeated SIGTERM changes nothing
         if self.hard_exit:
-            _say(f"Ctrl-C again: stopping at once (pid {os.getpid()})")
-            os._exit(130)
+            os._exit(130)  # a pool worker: the runner says it
         raise StopNow("stopped at once by a second Ctrl-C")
 
 
