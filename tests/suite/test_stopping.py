@@ -120,11 +120,7 @@ def test_ctrl_c_to_make_with_two_workers_stops_everything_and_renders_the_table_
     monkeypatch.setenv("COMHE_DATA", str(tmp_path / "data"))
     results = tmp_path / "results"
     longer = ["iterations=200", "milestones=[150]", "eval_every=50"]  # smoke runs are 4 iterations: too short
-    stamp = subprocess.run("cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1", shell=True, cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
-    proc = _start(["make", "--no-print-directory", "-o", f".venv/.installed-{stamp}", f"PYTHON={sys.executable}",
-                   "table1", "PROFILE=smoke", "JOBS=2", f"RESULTS={results}", f"FIGURES={tmp_path / 'figures'}",
-                   *longer], tmp_path)
+    proc = _make(tmp_path, results, "table1", "PROFILE=smoke", "JOBS=2", f"FIGURES={tmp_path / 'figures'}", *longer)
     plan = runner.make_plan(["table1"], "smoke", overrides=longer)
     runs = [RunDir(results / "runs" / p.name) for p in plan.runs]
     _wait_for(lambda: sum(bool(r.read_metrics()) for r in runs) >= 2, proc, tmp_path, "two runs training")
@@ -144,6 +140,44 @@ def test_ctrl_c_to_make_with_two_workers_stops_everything_and_renders_the_table_
     assert "INCOMPLETE: stopped by Ctrl-C" in md and (results / "table1.csv").is_file()
     assert "INCOMPLETE" in (results / "table1.tex").read_text() and (tmp_path / "figures" / "table1.png").is_file()
     _resume_one(plan, started[0], results / "runs")
+
+
+def _make(tmp_path, results, *args):
+    stamp = subprocess.run("cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1", shell=True, cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return _start(["make", "--no-print-directory", "-o", f".venv/.installed-{stamp}", f"PYTHON={sys.executable}",
+                   f"RESULTS={results}", *args], tmp_path)
+
+
+@pytest.mark.slow  # ~60 s each on two loaded cores
+@pytest.mark.parametrize("how", ["sigterm to make", "ctrl-c twice"])
+def test_sigterm_to_make_alone_and_a_second_ctrl_c_with_two_workers(tmp_path, monkeypatch, how):
+    """`kill <make>`: make passes SIGTERM to the runner, which forwards it to its workers (they are not in the
+    signal's reach otherwise). Ctrl-C twice: the runner and its workers stop at once, no traceback, nothing torn."""
+    monkeypatch.setenv("COMHE_DATA", str(tmp_path / "data"))
+    results = tmp_path / "results"
+    longer = ["iterations=200", "milestones=[150]", "eval_every=50"]
+    proc = _make(tmp_path, results, "table1", "PROFILE=smoke", "JOBS=2", "ARGS=--no-figures", *longer)
+    runs = [RunDir(results / "runs" / p.name) for p in runner.make_plan(["table1"], "smoke", overrides=longer).runs]
+    _wait_for(lambda: sum(bool(r.read_metrics()) for r in runs) >= 2, proc, tmp_path, "two runs training")
+    if how == "sigterm to make":
+        os.kill(proc.pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+    code, out, err = _end(proc, tmp_path)
+    _no_traceback(out, err)
+    started = [r for r in runs if r.path.exists()]
+    assert len(started) == 2 and all(r.status() == "partial" for r in started), [r.path.name for r in started]
+    for run in started:
+        _whole(run)
+    if how == "sigterm to make":
+        assert code in (-signal.SIGTERM, 143) and err.count("SIGTERM: no run starts") == 1, (code, err[-2000:])
+        assert all(checkpoint.load_latest(r.checkpoint_dir)["iteration"] > 0 for r in started)
+        assert "INCOMPLETE: stopped by SIGTERM" in (results / "table1.md").read_text()
+    else:
+        assert code in (-signal.SIGINT, 130) and "stopped at once by a second Ctrl-C" in err, (code, err[-2000:])
 
 
 def _resume_one(plan, run: RunDir, runs_root: Path) -> None:
