@@ -34,6 +34,7 @@ from typing import List, Optional
 from ..train import config as config_lib
 from ..train import records
 from ..train.interrupt import STOP, StopNow
+from ..train.io_errors import DiskFailure, disk_error
 from . import experiments, runner
 
 
@@ -161,11 +162,22 @@ def _main(argv: Optional[List[str]] = None) -> int:
             print(f"{err}" if "resume" in str(err) else f"{err}; rerun the same command to resume", file=sys.stderr)
             if not STOP.requested:
                 return 143
+        except (DiskFailure, OSError) as err:  # a run (or the data written before) hit a full or failing disk
+            message = str(err) if isinstance(err, DiskFailure) else disk_error(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 2
     incomplete = f"stopped by {STOP.signal_name()} before every run finished; rerun the same command to resume" \
         if STOP.requested else ""
-    with STOP.phase("finishing the tables and figures from what exists"):
-        runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running,
-                      incomplete=incomplete)
+    try:
+        with STOP.phase("finishing the tables and figures from what exists"):
+            runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures),
+                          running=args.running, incomplete=incomplete)
+    except OSError as err:  # a full disk, or a folder made unwritable since the check: one line, the runs are kept
+        print(f"error: {disk_error(err) or f'cannot write {err.filename}: {err.strerror or err}'} (tables and "
+              f"figures are rendered again by the same command)", file=sys.stderr)
+        return 2
     if STOP.requested:
         return STOP.exit_code()
     if counts.get("no data"):

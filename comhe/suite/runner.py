@@ -35,6 +35,7 @@ from . import progress as progress_lib
 from .experiments import CellRun, Experiment
 from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
 from ..train.interrupt import STOP
+from ..train.io_errors import DiskFailure
 from ..train.records import RunDir, RunLocked
 from ..train.seal import Verdict
 
@@ -312,7 +313,7 @@ def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optio
     cfgs = prepare_configs(pending, jobs, nproc) if launcher == "local" else [dict(p.cfg) for p in pending]
     dirs = [str(runs_root / p.name) for p in pending]
     keep = [plan.keep_weights[p.name] for p in pending]
-    started, done, locked = time.perf_counter(), [0], []
+    started, done, locked, disk_failures = time.perf_counter(), [0], [], []
     width = len(str(len(pending)))
     # Per-run progress and the table's ETA from the runs' progress records, whatever the launcher (progress.py)
     at_once = 1 if nproc > 1 and launcher == "local" else jobs if launcher == "local" or jobs > 1 else len(pending)
@@ -344,8 +345,10 @@ def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optio
              f"{done[0]}/{len(pending)}")
         if result.get("traceback"):
             print(result["traceback"], file=out, flush=True)
-        if outcome == "no data":
+        if outcome in ("no data", "io error"):
             print(f"stopping: {result['message']}", file=out, flush=True)
+            if outcome == "io error":
+                disk_failures.append(result["message"])
             return False
         return True
 
@@ -361,7 +364,7 @@ def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optio
         with STOP.phase("no run starts; the runs in progress checkpoint and stop; then the tables and figures are "
                         "rendered from what exists (marked incomplete)"):
             launch(list(range(len(pending))))
-        while locked and not counts.get("no data") and not interrupted and not STOP.requested:
+        while locked and not counts.get("no data") and not disk_failures and not interrupted and not STOP.requested:
             print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
                   "stops waiting and renders what exists)", file=out, flush=True)
             waiting, locked[:] = list(locked), []
@@ -384,6 +387,8 @@ def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optio
                     launch(free)  # one locked again by a third process goes back to `locked`
     finally:
         monitor.stop()
+    if disk_failures:
+        raise DiskFailure(disk_failures[0])
     if interrupted:
         print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
         return counts

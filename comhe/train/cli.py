@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import config as config_lib
 from .interrupt import STOP, StopNow
+from .io_errors import disk_error
 from .records import RunLocked, run_name
 
 COLUMNS = [("iteration", "iter", 7, "d"), ("epoch", "epoch", 7, ".1f"), ("lr", "lr", 8, ".4g"),
@@ -119,9 +120,11 @@ def _main(args) -> int:
         cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         setup = trainer.prepare(cfg, ctx)
-    except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)
+    except (DatasetUnavailable, ValueError, OSError) as err:  # ValueError: options the schema cannot see
         distributed.shutdown(ctx)
-        return _fail(str(err), 2)
+        if isinstance(err, OSError) and disk_error(err) is None:
+            raise
+        return _fail(disk_error(err) or str(err), 2)
     report = None
     if ctx.is_main and args.progress != "none":
         use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
@@ -143,6 +146,10 @@ def _main(args) -> int:
         return STOP.exit_code() if STOP.requested else 143
     except (PermissionError, NotADirectoryError, FileExistsError) as err:  # e.g. the disk became read-only
         return _fail(_unwritable(run_dir, err), 2)
+    except OSError as err:  # the disk is full or failing: the run resumes from its last checkpoint (io_errors.py)
+        if disk_error(err) is None:
+            raise
+        return _fail(disk_error(err), 2)
     finally:
         distributed.shutdown(ctx)
     if final["status"] == "diverged":
