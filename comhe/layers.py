@@ -95,7 +95,8 @@ Patterns = Union[None, str, Iterable[str]]
 def excluded_names(names: Sequence[str], exclude: Patterns) -> List[str]:
     """The names matched by the ``fnmatch`` patterns ``exclude`` (a string or several). Raises ``ValueError`` for a
     pattern that matches nothing, naming the valid names."""
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    iterable = isinstance(exclude, (list, tuple, set, frozenset)) or exclude is None
+    patterns = [exclude] if isinstance(exclude, str) or not iterable else list(exclude or ())
     if not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"exclude must be module-name patterns (strings), got {exclude!r}")
     out: List[str] = []

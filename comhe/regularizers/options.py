@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 
@@ -96,11 +96,11 @@ CHECKS: Dict[str, Callable[[str, Any], None]] = {
 MAY_BE_NONE = ("lambda_hidden", "lambda_output", "seed", "classifier", "example_input")
 
 
-def check_options(**options: Any) -> None:
+def check_options(required: Tuple[str, ...] = (), **options: Any) -> None:
     """Raise ``TypeError`` / ``ValueError``, naming the option, for the first value out of type or range (the table
-    in the module docstring); names without a check here pass."""
+    in the module docstring); names without a check here pass. ``required``: options where ``None`` is no default."""
     for name, value in options.items():
-        if value is None and name in MAY_BE_NONE:
+        if value is None and name in MAY_BE_NONE and name not in required:
             continue
         if name in CHECKS:
             CHECKS[name](name, value)

@@ -40,7 +40,7 @@ class _GramPenalty(Regularizer, ExactConstants):
     def __init__(self, model: nn.Module, *, lambda_hidden: float, lambda_output: Optional[float] = None,
                  layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None,
                  exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False):
-        check_options(lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers, eps=eps,
+        check_options(("lambda_hidden",), lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers, eps=eps,
                       classifier=classifier, example_input=example_input, include_frozen=include_frozen)
         chosen, leave = choose_layers(model, layers=layers, classifier=classifier, exclude=exclude,
                                       example_input=example_input, include_frozen=include_frozen)
