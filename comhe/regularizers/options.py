@@ -63,7 +63,7 @@ def _seed(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer (or None: torch's initial seed), got {value!r} "
                         f"({type(value).__name__})")
-    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+    if not SEED_RANGE[0] <= int(value) <= SEED_RANGE[1]:
         raise ValueError(f"{name} must be in [-2**63, 2**64 - 1], got {value!r}")
 
 
