@@ -112,7 +112,7 @@ class Regularizer(nn.Module):
     def _apply(self, fn, recurse=True):
         """``reg.to(...)``, ``.double()``, ``.half()``, ...: its own floating tensors are converted, except that a
         half-precision result is replaced by the float32 conversion of the original (no state is ever kept in fp16
-        / bf16, and no precision is lost on the way)."""
+        / bf16, nor rounded through them)."""
         before = {name: t for name, t in self.named_buffers() if t.is_floating_point()}
         super()._apply(fn, recurse)
         for name, t in list(self.named_buffers()):
