@@ -18,7 +18,7 @@ and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress
 (``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
 waiting), or a finished run's records are damaged (named; ``--retrain-damaged`` retrains it), 2 bad experiment,
-config, ``--nproc`` or missing data, 130 (Ctrl-C) or 143 (SIGTERM) stopped by a signal: no run starts after it, the
+config, ``--nproc`` or missing data, 130 stopped by a signal (Ctrl-C or SIGTERM): no run starts after it, the
 runs in progress checkpoint, the tables and figures are rendered from what exists, marked incomplete (rerun to
 resume; a second Ctrl-C stops at once; ``train/interrupt.py``).
 ``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.

@@ -8,7 +8,7 @@ The run directory defaults to ``<runs-root>/<label>-s<seed>-<config hash>`` (``r
 tqdm bar on a terminal, else one fixed-column line per evaluation. Exit codes: 0 done (or already done), 2 bad
 config, missing data, an unwritable run directory (one ``error:`` line; the run directory is not created) or a
 finished run whose records are damaged (``records.RunDir.verify``), 3 the run is being trained by another process,
-4 diverged, 130 (Ctrl-C) or 143 (SIGTERM; 128 + the signal's number) stopped by a signal: the run checkpointed
+4 diverged, 130 stopped by a signal (Ctrl-C or SIGTERM): the run checkpointed
 (relaunch to resume), with one line and no traceback; a second Ctrl-C stops at once, from the previous checkpoint
 (``interrupt.py``). Under torchrun these are each worker's codes: torchrun itself exits 1 when any worker fails, so
 scripts read the run's ``final.json`` (or its absence) rather than torchrun's exit code. ``COMHE_OFFLINE=1``

@@ -3,7 +3,7 @@
 
 What every stop must give: one line saying what the process does; no run starts after the signal; the runs in
 progress checkpoint and stop (resuming finishes them); the finished runs are reported; the tables (and figures) are
-rendered from what exists, marked INCOMPLETE; exit 130 for Ctrl-C (143 for SIGTERM: 128 + the signal); no traceback.
+rendered from what exists, marked INCOMPLETE; exit 130 for Ctrl-C and SIGTERM alike; no traceback.
 A second Ctrl-C stops at once, without a traceback and without damaging any file.
 
 A terminal's Ctrl-C goes to the whole foreground process group: the processes start in their own session and get
@@ -205,7 +205,7 @@ rows: [{name: Short, config: {regularizer: none, iterations: 4, milestones: [2]}
 
 def test_sigterm_to_the_runner_in_one_process_reports_the_finished_run_and_starts_no_other(tmp_path, monkeypatch):
     """JOBS=1, `kill <runner>` during the second run: the first run's result line is there, the second checkpoints,
-    the third never starts; 143 (128 + SIGTERM). Before: a traceback and no checkpoint of the run in progress."""
+    the third never starts; exit 130. Before: a traceback and no checkpoint of the run in progress."""
     monkeypatch.setenv("COMHE_DATA", str(tmp_path / "data"))
     spec = tmp_path / "lengths.yaml"
     spec.write_text(textwrap.dedent(TWO_LENGTHS))
@@ -218,7 +218,7 @@ def test_sigterm_to_the_runner_in_one_process_reports_the_finished_run_and_start
     os.kill(proc.pid, signal.SIGTERM)
     code, out, err = _end(proc, tmp_path)
     _no_traceback(out, err)
-    assert code == 143, (code, out[-2000:], err[-2000:])
+    assert code == 130, (code, out[-2000:], err[-2000:])
     assert err.count("SIGTERM: no run starts; the runs in progress checkpoint and stop") == 1, err
     assert "] finished  " + short.path.name in out and "] stopped   " + long.path.name in out, out
     assert short.status() == "done" and long.status() == "partial" and not later.path.exists()
@@ -380,7 +380,7 @@ def test_first_signal_asks_a_repeated_sigterm_does_not_escalate_a_second_ctrl_c_
     with STOP.handling("testing"):
         assert not STOP.requested
         os.kill(os.getpid(), signal.SIGTERM)
-        assert STOP.requested and STOP.exit_code() == 143
+        assert STOP.requested and STOP.exit_code() == 130
         os.kill(os.getpid(), signal.SIGTERM)              # forwarded or repeated: nothing more
         with pytest.raises(StopNow):
             os.kill(os.getpid(), signal.SIGINT)
