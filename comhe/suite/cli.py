@@ -161,7 +161,7 @@ def _main(argv: Optional[List[str]] = None) -> int:
         except Preempted as err:
             print(f"{err}" if "resume" in str(err) else f"{err}; rerun the same command to resume", file=sys.stderr)
             if not STOP.requested:
-                return 143
+                return 130  # a worker was stopped by a signal: resumable, as after Ctrl-C
         except (DiskFailure, OSError) as err:  # a run (or the data written before) hit a full or failing disk
             message = str(err) if isinstance(err, DiskFailure) else disk_error(err)
             if message is None:

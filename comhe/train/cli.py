@@ -143,7 +143,7 @@ def _main(args) -> int:
         return _fail(str(err), 3)
     except engine.Preempted as err:
         print(str(err), file=sys.stderr)
-        return STOP.exit_code() if STOP.requested else 143
+        return STOP.exit_code() if STOP.requested else 130
     except (PermissionError, NotADirectoryError, FileExistsError) as err:  # e.g. the disk became read-only
         return _fail(_unwritable(run_dir, err), 2)
     except OSError as err:  # the disk is full or failing: the run resumes from its last checkpoint (io_errors.py)
