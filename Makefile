@@ -15,7 +15,7 @@ help:
 	@echo "make fig3          the GCN lambda sweep on Cora (validation and test accuracy against lambda)"
 	@echo "make tables        every table; make figures: every figure"
 	@echo "make report        render every table and figure, train nothing; results/SCORECARD.md: every claim"
-	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes)"
+	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes) -> results/smoke/"
 	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~15 min)"
 	@echo "make readme        the README's tables and figures (demo, GCN on Cora, its sweep) from HEAD -> docs/readme/"
 	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 (default: 1 on CPU; on CUDA bench-gpu's best)"
@@ -24,7 +24,8 @@ help:
 	@echo "           LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
 	@echo "           RUNNING=1 (tables also count runs still training, marked)"
 	@echo "           RETRAIN_DAMAGED=1 (retrain finished runs whose records are damaged; see make verify)"
-	@echo "           RESULTS=results FIGURES=figures (default with RESULTS=dir: dir/figures), and config overrides"
+	@echo "           RESULTS=results FIGURES=figures (default with RESULTS=dir: dir/figures; PROFILE=smoke|quick:"
+	@echo "           results/smoke|quick), COMHE_DATA=dir (data root) COMHE_OFFLINE=1 (no downloads), and config overrides"
 	@echo "           as key=value (lr=0.05 reg.proj_dim=30) or ARGS='key=value ...'"
 	@echo "make verify        check every run record of RESULTS against its checksums; names damaged files, exit 1"
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
@@ -87,14 +88,19 @@ ARGS     ?=
 TABLE_COLUMNS = $(if $(filter command line,$(origin COLUMNS)),$(COLUMNS))
 # Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
-OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING RETRAIN_DAMAGED LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS
+# COMHE_DATA / COMHE_OFFLINE are environment variables of the runs (make exports command-line variables to recipes).
+OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING RETRAIN_DAMAGED LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV \
+             PYTHON STAMP COLUMNS COMHE_DATA COMHE_OFFLINE
 SPACE     := $(subst ,, )
 CMDLINE   := $(subst $$$$,$$,$(subst \$(SPACE),^,$(MAKEOVERRIDES)))  # make escapes a space as "\ ", a $ as $$
 Q         := '
+# RESULTS only when given (command line or environment): else the runner's default, results/ for the paper profile
+# and results/<profile> for smoke and quick, so that a smoke run never replaces a real table.
+RESULTS_FLAG = $(if $(filter-out file default,$(origin RESULTS)),--results $(RESULTS))
 # Each override is one single-quoted shell word; a ' inside it is written '\'' so that no value can end the quoting.
 OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(a)))),,'$(subst $(Q),$(Q)\$(Q)$(Q),$(subst ^,$(SPACE),$(a)))'))
 RUN_FLAGS  = --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)) --nproc $(NPROC) --launcher $(LAUNCHER) \
-             --results $(RESULTS) $(if $(FIGURES),--figures $(FIGURES)) $(if $(RUNNING),--running) \
+             $(RESULTS_FLAG) $(if $(FIGURES),--figures $(FIGURES)) $(if $(RUNNING),--running) \
              $(if $(RETRAIN_DAMAGED),--retrain-damaged) \
              $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \
              $(if $(SLURM),--slurm $(SLURM)) $(if $(TABLE_COLUMNS),--columns '$(TABLE_COLUMNS)')

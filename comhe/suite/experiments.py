@@ -35,7 +35,7 @@ PROFILES = ("paper", "quick", "smoke")
 TOP_KEYS = {"name", "title", "source", "kind", "metric", "base", "rows", "columns", "seeds", "references", "claims",
             "figures", "profiles", "notes", "select", "selected_by"}
 PROFILE_KEYS = {"seeds", "config", "datasets", "columns", "rows", "keep_weights"}
-VAR = re.compile(r"^\$\{(\w+)\}$")
+VAR = overrides_lib.VAR  # ``${name}``: a column variable (its one definition is in overrides.py)
 SAFE_NAME = re.compile(r"\w[\w. +-]{0,99}")  # ``name``: a file name under RESULTS, never a path
 class Metric(NamedTuple):
     """What a cell reports: its label, printed decimals, and which way is better (claims, figures).
@@ -111,6 +111,8 @@ class Experiment:
     not_run: Dict[str, str] = field(default_factory=dict)   # column -> why it is not planned (``restrict``)
     overrides: List[str] = field(default_factory=list)   # set by plan: the overrides that change the protocol
     seeds_given: bool = False                            # the seeds came from the command line, not the file
+    columns_given: List[str] = field(default_factory=list)  # COLUMNS= / --columns as given (``restrict``)
+    results_given: str = ""                              # --results, where not the profile's default folder
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -211,8 +213,16 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
     _require(profile in PROFILES, path, f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     profiles = raw.get("profiles") or {}
     _require(set(profiles) <= set(PROFILES), path, f"profiles must be among {PROFILES}, got {sorted(profiles)}")
+    for name, other in [("file", raw)] + list(profiles.items()):  # every profile, as its own run would check it:
+        other = other or {}                                         # smoke must not hide a mistake of the paper's
+        _require(isinstance(other, Mapping), path, f"profile {name} must be a mapping, got {other!r}")
+        _require(name == "file" or set(other) <= PROFILE_KEYS, path,
+                 f"profile {name}: unknown key(s) {sorted(set(other) - PROFILE_KEYS)}; valid: {sorted(PROFILE_KEYS)}")
+        try:
+            parse_seeds(other.get("seeds", 3))
+        except ExperimentError as err:
+            raise ExperimentError(f"{path}: {'' if name == 'file' else f'profile {name}: '}{err}") from None
     spec = profiles.get(profile) or {}
-    _require(set(spec) <= PROFILE_KEYS, path, f"profile {profile}: unknown key(s) {sorted(set(spec) - PROFILE_KEYS)}")
     metric = raw.get("metric", "final_test_error")
     columns = [Column(c["name"], c.get("config") or {}, c.get("vars") or {}, c.get("metric", metric), c.get("x"))
                for c in raw.get("columns") or []]
@@ -381,6 +391,7 @@ def restrict(exp: Experiment, columns: Sequence[str]) -> None:
     chosen = [n for n in names if n.lower() in {c.strip().lower() for c in columns}]
     _require(bool(chosen), exp.path, f"COLUMNS={','.join(columns)} names none of its columns ({', '.join(names)})")
     exp.not_run = {n: f"not selected (COLUMNS={','.join(columns)})" for n in names if n not in chosen}
+    exp.columns_given = chosen
 
 
 def _data_status(exp: Experiment, overrides: Sequence[str]) -> None:

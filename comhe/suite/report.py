@@ -330,14 +330,20 @@ def run_claims(exp: Experiment) -> List[Dict[str, Any]]:
     return out
 
 
-def command(exp: Experiment) -> str:
-    """The command that regenerates this table: target, profile, seeds and protocol overrides."""
+def command(exp: Experiment, target: Optional[str] = None) -> str:
+    """The command that regenerates this table: target, profile, seeds, columns, results folder and protocol
+    overrides (``target``: another target with the same options, e.g. ``all`` for the scorecard)."""
     path = Path(exp.path).resolve()
-    target = exp.name if path.parent == EXPERIMENTS_DIR else \
-        str(path.relative_to(EXPERIMENTS_DIR.parent) if EXPERIMENTS_DIR.parent in path.parents else path)
+    target = target or (exp.name if path.parent == EXPERIMENTS_DIR else
+                        str(path.relative_to(EXPERIMENTS_DIR.parent) if EXPERIMENTS_DIR.parent in path.parents
+                            else path))
     parts = ["python -m comhe.run", target] + ([f"--profile {exp.profile}"] if exp.profile != "paper" else [])
     if exp.seeds_given:
         parts.append(f"--seeds {','.join(map(str, exp.seeds))}")
+    if exp.columns_given:  # as run: without it the command would plan (and maybe download) every column
+        parts.append(f"--columns {','.join(exp.columns_given)}")
+    if exp.results_given:
+        parts.append(f"--results {exp.results_given}")
     return " ".join(parts + list(exp.overrides))
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import experiments as experiments_lib
+from . import labels
 from . import progress as progress_lib
 from .experiments import CellRun, Experiment
 from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
@@ -73,6 +74,8 @@ def make_plan(names: Sequence[str], profile: str = "paper", seeds: Any = None, o
               columns: Sequence[str] = ()) -> Plan:
     """``columns``: plan only these columns (case-insensitive) of each experiment (``COLUMNS=Cora``)."""
     exps = [experiments_lib.load(n, profile, seeds) for n in targets(names)]
+    for exp in exps:  # a smoke column labelled t = 4 that ran at width 1 says so (labels.py)
+        exp.notes = list(exp.notes) + labels.notes(exp)
     for exp in exps if columns else ():
         experiments_lib.restrict(exp, columns)
     cells, runs, keep = {}, {}, {}
@@ -298,7 +301,10 @@ def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optio
     left = (f", {len(damaged)} damaged (not retrained: RETRAIN_DAMAGED=1, --retrain-damaged)" if damaged else "")
     print(f"{len(plan.runs)} runs: {counts['skipped']} finished (not retrained){left}, {len(pending)} to train",
           file=out, flush=True)
-    if not pending:
+    if not pending:  # no run reads the data now: a data root given that is not there is still a typo to report
+        from .precheck import check_data_root_exists
+        for root in dict.fromkeys(p.cfg["data_root"] for p in plan.runs):
+            check_data_root_exists(root)
         return counts
     check_nproc(pending, nproc)
     if launcher != "slurm":
@@ -317,7 +323,10 @@ def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optio
     width = len(str(len(pending)))
     # Per-run progress and the table's ETA from the runs' progress records, whatever the launcher (progress.py)
     at_once = 1 if nproc > 1 and launcher == "local" else jobs if launcher == "local" or jobs > 1 else len(pending)
-    monitor = progress_lib.Monitor([(p.name, d, c) for p, d, c in zip(pending, dirs, cfgs)], at_once, out).start()
+    pending_names = {p.name for p in pending}
+    monitor = progress_lib.Monitor([(p.name, d, c) for p, d, c in zip(pending, dirs, cfgs)], at_once, out,
+                                   finished=[(str(runs_root / p.name), p.cfg) for p in plan.runs
+                                             if p.name not in pending_names]).start()
 
     def line(i: int, outcome: str, detail: str, index: str) -> None:
         cell = pending[i].cells[0]
@@ -438,10 +447,21 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
     if counts.get("damaged"):
         print(f"{counts['damaged']} finished run(s) with damaged records: not results, not retrained "
               "(RETRAIN_DAMAGED=1 retrains them; python -m comhe.run verify names the files)", file=out, flush=True)
-    eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs)
+    eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs,
+                                 reference=[(str(runs_root / p.name), p.cfg) for p in plan.runs
+                                            if states[p.name] == "done"])
     if todo:
         print("ETA at the measured rates of these runs: " + (f"{progress_lib.duration(eta)} with {jobs} worker(s)"
               if eta is not None else "unknown (no run of this plan has a measured rate yet)"), file=out, flush=True)
+    from . import costs
+    from .precheck import check_data_root_exists
+    for text in costs.lines([p.cfg for p in todo], data.task):
+        print(text, file=out, flush=True)
+    for root in dict.fromkeys(p.cfg["data_root"] for p in plan.runs) if not todo else ():
+        try:  # as training would refuse it (train): every run is finished, so nothing reads a mistyped root
+            check_data_root_exists(root)
+        except ValueError as err:
+            print(f"no data root: {err}", file=out, flush=True)
     for message in dict.fromkeys(no_data.values()):
         runs = sum(m == message for m in no_data.values())
         print(f"no data for {runs} run(s): {message}", file=out, flush=True)

@@ -90,15 +90,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 130
 
 
-def _main(args) -> int:
-    from . import distributed, engine
-    from .trainers import for_config
-    from ..data import DatasetUnavailable
 
-    try:
+def _main(args) -> int:
+    try:  # keys, types and ranges are checked before validate reads the registries (torch): bad input answers at once
         cfg = config_lib.load(args.config, args.overrides)
     except config_lib.ConfigError as err:
         return _fail(str(err), 2)
+
+    from . import distributed, engine
+    from .trainers import for_config
+    from ..data import DatasetUnavailable
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / run_name(cfg, args.label)
     from .records import RunDir
     if RunDir(run_dir).status() == "done":

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping
 
 import yaml
 
-from . import inputs
+from . import inputs, signatures
 
 DEFAULTS: Dict[str, Any] = {
     # --- what is trained
@@ -216,8 +216,11 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> Dict[st
     return out
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Range checks and the open sections' keys and types. Raises ``ConfigError`` with one clear line."""
+def validate(cfg: Mapping[str, Any], registries: bool = True) -> None:
+    """Range checks and the open sections' keys and types. Raises ``ConfigError`` with one clear line.
+
+    ``registries=False``: only the checks that need no registry (so no torch): the command lines run them on every
+    cell first, so that a bad value is reported in a fraction of a second, not after torch's import."""
     inputs.check_values(cfg, ConfigError)  # first, and without torch: finite numbers, seeds, class counts
     def positive(key: str, allow_zero: bool = False) -> None:
         value = cfg[key]
@@ -235,6 +238,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key, choices in CHOICES.items():  # by value and type: 1 is not True
         if not any(cfg[key] == c and type(cfg[key]) is type(c) for c in choices):
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {cfg[key]!r}")
+    misspelt = signatures.problem(cfg)  # option and registry names, read from the source: no torch yet
+    if misspelt:
+        raise ConfigError(misspelt)
+    if not registries:  # what follows reads the registries (models, regularisers, datasets, optimisers): torch
+        return
     from . import optim
     try:
         optim.check(cfg)
