@@ -53,7 +53,8 @@ class _GramPenalty(Regularizer, ExactConstants):
             weights = [self.lambda_output if g.role == "output" else self.lambda_hidden for g in group]
             n = self.gram_size(group[0].num_neurons, group[0].fan_in)
             self.register_constant(f"weight{i}", weights, self.dtype_hint, self.device_hint)
-            self.register_buffer(f"eye{i}", torch.eye(n, device=self.device_hint, dtype=self.dtype_hint), persistent=False)
+            eye = torch.eye(n, device=self.device_hint, dtype=self.dtype_hint)
+            self.register_buffer(f"eye{i}", eye, persistent=False)
 
     def gram_size(self, num_neurons: int, fan_in: int) -> int:
         return num_neurons
