@@ -40,7 +40,7 @@ def seal_unverified(run_dir: Path) -> str:
         if verdict.state != "unverified":
             return f"not sealed: {verdict.state}"
         final = run.read_final()
-        if final is None:  # (a record without final.json is not "unverified"; checked again, as it is read)
+        if final is None:  # verify() gives a record without final.json another state; it may have gone since
             return "not sealed: no final.json"
         run.write_final(final)
         return "sealed"
