@@ -29,7 +29,7 @@ from typing import List, Optional
 
 from ..train import config as config_lib
 from ..train import records
-from . import experiments, runner
+from . import estimate, experiments, runner
 
 
 def _options(pairs: List[str]) -> dict:
@@ -97,6 +97,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (experiments.ExperimentError, config_lib.ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not args.collect_only:  # where it trains, first: an NVIDIA GPU torch cannot use stops it before any write
+        from ..train.devices import DeviceUnusable, deterministic_environment
+        if any(p.cfg["deterministic"] for p in plan.runs):
+            deterministic_environment()  # before CUDA starts here or in the workers spawned below
+        try:
+            for line in estimate.start_lines(plan, runs_root, args.jobs or 1, args.launcher, results):
+                print(line, flush=True)
+        except DeviceUnusable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if not args.dry_run:  # fail before training anything, not when the first record or table is written
         folders = ([] if args.no_figures else [Path(args.figures)]) + [runs_root]
         try:

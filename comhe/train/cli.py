@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from . import config as config_lib
+from .devices import deterministic_environment
 from .records import RunLocked, run_name
 
 COLUMNS = [("iteration", "iter", 7, "d"), ("epoch", "epoch", 7, ".1f"), ("lr", "lr", 8, ".4g"),
@@ -77,7 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto")
     args = parser.parse_intermixed_args(argv)
 
-    from . import distributed, engine
+    from . import devices, distributed, engine
+    from .setup import resolve_device
     from .trainers import for_config
     from ..data import DatasetUnavailable
 
@@ -85,6 +87,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = config_lib.load(args.config, args.overrides)
     except config_lib.ConfigError as err:
         return _fail(str(err), 2)
+    if cfg["deterministic"]:  # before CUDA starts in this process: cuBLAS reads it once, at its first handle
+        deterministic_environment()
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / run_name(cfg, args.label)
     from .records import RunDir
     if RunDir(run_dir).status() == "done":
@@ -99,6 +103,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ctx = distributed.init("cuda" if cfg["device"].startswith("cuda") or (
         cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
     try:
+        if ctx.is_main:  # where it trains, before the data loads; device: auto with an unusable GPU stops here
+            print(devices.describe(resolve_device(cfg, ctx), cfg["threads"] or None)["device_line"], flush=True)
         setup = trainer.prepare(cfg, ctx)
     except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)
         distributed.shutdown(ctx)

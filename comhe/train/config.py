@@ -59,7 +59,8 @@ DEFAULTS: Dict[str, Any] = {
     "amp": "auto",              # auto: bf16 autocast on CUDA (BN and the regulariser stay fp32); off; bf16
     "channels_last": "auto",    # auto: on for CUDA
     "compile": False,           # torch.compile the model and the regulariser's energy (first steps pay the compile)
-    "cuda_graph": False,        # capture the whole step (optimiser included) in CUDA graphs (steps.py)
+    "cuda_graph": "auto",       # capture the step (optimiser included) in CUDA graphs; auto: on single-process CUDA
+                                # runs, self-checked against the eager step first (steps.py; false: eager)
     "workers": 8,               # DataLoader workers per process (ImageNet only; CIFAR lives on the device)
     "threads": 0,               # CPU threads for torch (0: torch's default)
     # --- observing a run (not part of its identity)
@@ -77,7 +78,7 @@ IMAGE_ONLY = ("batch_size", "momentum", "nesterov", "wd_exclude_bn", "augment", 
               "optimizer", "lr_schedule", "lr_decay_every", "lr_min", "bn_schedule", "monitor_exclude")
 
 CHOICES = {"loss": ("official", "cross_entropy"), "amp": ("auto", "off", "bf16"),
-           "channels_last": ("auto", True, False)}
+           "channels_last": ("auto", True, False), "cuda_graph": ("auto", True, False)}
 OPEN_SECTIONS = ("data", "model_options", "reg")  # dict-valued: keys depend on the chosen dataset/model/regulariser
 
 

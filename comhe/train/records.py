@@ -224,6 +224,7 @@ def git_sha(repo: Path = Path(__file__).resolve().parents[2]) -> str:
 def environment(device) -> Dict[str, Any]:
     import torch
 
+    from . import devices
     return {
         "git_sha": git_sha(),
         "torch": torch.__version__,
@@ -234,4 +235,5 @@ def environment(device) -> Dict[str, Any]:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "command": " ".join(sys.argv),
+        **devices.describe(device),  # device_line (what the run printed), driver, GPU memory or CPU threads
     }
