@@ -151,14 +151,18 @@ def apply_step_modes(plan: Plan, modes: Dict[str, Any]) -> List[str]:
 
 def prepare_configs(pending: Sequence[Planned], jobs: int, nproc: int = 1) -> List[Dict[str, Any]]:
     """Per-run execution settings (not part of the run's identity): CPU threads when several processes share the
-    CPU (``jobs`` runs at once, or one run's ``nproc`` DDP processes)."""
+    CPU (``jobs`` runs at once, or one run's ``nproc`` DDP processes), and as many DataLoader workers each."""
     import torch
+
+    from .. import data
     cfgs = []
     processes = jobs if nproc <= 1 else nproc  # DDP runs go one at a time
     for p in pending:
         cfg = dict(p.cfg)
         if processes > 1 and cfg["threads"] == 0 and not torch.cuda.is_available():
             cfg["threads"] = _cpu_threads(processes)
+        if cfg["workers"] == "auto" and processes > 1:  # the cores shared by the runs (or DDP ranks) at once
+            cfg["workers"] = data.loader_workers("auto", processes)
         cfgs.append(cfg)
     return cfgs
 

@@ -94,6 +94,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if RunDir(run_dir).status() == "done":
         print(f"{run_dir}: already finished, not retrained")
         return 0
+    try:  # no silent CPU fallback: an NVIDIA GPU torch cannot use stops the run before anything is written
+        if cfg["device"] == "auto":
+            devices.check_auto()
+    except devices.DeviceUnusable as err:
+        return _fail(str(err), 2)
     try:  # before the data is loaded (maybe downloaded), and without creating the run directory itself
         RunDir(run_dir).check_writable()
     except OSError as err:
@@ -103,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ctx = distributed.init("cuda" if cfg["device"].startswith("cuda") or (
         cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        if ctx.is_main:  # where it trains, before the data loads; device: auto with an unusable GPU stops here
+        if ctx.is_main:  # where it trains, before the data loads
             print(devices.describe(resolve_device(cfg, ctx), cfg["threads"] or None)["device_line"], flush=True)
         setup = trainer.prepare(cfg, ctx)
     except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)

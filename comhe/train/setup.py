@@ -79,7 +79,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
     if bundle is None:
         data_options = dict(cfg["data"])
         if data.takes_workers(cfg["dataset"]):
-            data_options["workers"] = cfg["workers"]
+            data_options["workers"] = data.loader_workers(cfg["workers"])
         bundle = data.build(cfg["dataset"], root=cfg["data_root"] or None, device=device, download=download,
                             **data_options)
     if cfg["batch_size"] % ctx.world_size:
