@@ -95,7 +95,8 @@ def cpu_rate(results: Path, threads: int) -> Tuple[float, str]:
         torch.set_num_threads(before)
 
 
-def _days(seconds: float) -> str:
+def long_duration(seconds: float) -> str:
+    """``progress.duration`` up to three days, then whole days (a CPU estimate of a GPU table runs into years)."""
     from .progress import duration
     return duration(seconds) if seconds < 3 * 86400 else f"{seconds / 86400:,.0f} days"
 
@@ -126,6 +127,6 @@ def start_lines(plan, runs_root: Path, jobs: int, launcher: str, results: Path,
         return lines
     rate, source = cpu_rate(results, threads)
     lines.append(f"GPU-sized plan on the CPU: {len(todo)} runs left, {flops:.2g} training FLOPs, about "
-                 f"{_days(flops / rate / max(jobs, 1))} with {jobs} worker(s) at {rate / 1e9:.1f} GFLOP/s per worker "
-                 f"(CNN-9 training, {source}); a GPU takes hours (docs/gpu.md)")
+                 f"{long_duration(flops / rate / max(jobs, 1))} with {jobs} worker(s) at {rate / 1e9:.1f} GFLOP/s per "
+                 f"worker (CNN-9 training, {source}); a GPU takes hours (docs/gpu.md)")
     return lines

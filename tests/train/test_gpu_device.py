@@ -60,7 +60,8 @@ def test_the_torch_build_for_a_driver(driver, flavour):
 
 def test_why_a_build_cannot_use_the_gpu():
     gpu = {"gpus": ["NVIDIA A100-SXM4-80GB"], "memory_mib": [81920.0], "driver": "535.104.05"}
-    assert devices.why_unusable(gpu, "2.14.1", "13.0") == "its CUDA 13.0 needs driver >= 580, this machine has 535.104.05"
+    assert devices.why_unusable(gpu, "2.14.1", "13.0") == \
+        "its CUDA 13.0 needs driver >= 580, this machine has 535.104.05"
     assert devices.why_unusable(gpu, "2.14.1+cpu", None) == "torch 2.14.1+cpu is a CPU-only build"
     assert devices.why_unusable(gpu, "2.14.1", "12.6", "CUDA driver initialization failed") == \
         "torch says: CUDA driver initialization failed"

@@ -26,7 +26,8 @@ def test_compare_accepts_rounding_and_names_what_differs():
     near = {"a": torch.tensor([1.0001, -2.0]), "b": torch.tensor([0.5])}
     assert steps.compare((2.0, 0.1), (2.0001, 0.1), update, near, FP32) is None
     assert steps.compare((2.0, 0.1), (2.1, 0.1), update, update, FP32).startswith("loss 2.1 vs eager 2")
-    assert steps.compare((2.0, 0.1), (2.0, 0.2), update, update, FP32).startswith("regulariser loss 0.2 vs eager 0.1")
+    assert steps.compare((2.0, 0.1), (2.0, 0.2), update, update, FP32).startswith(
+        "regulariser loss 0.2 vs eager 0.1")
     assert steps.compare((2.0, 0.1), (float("nan"), 0.1), update, update, FP32).startswith("loss nan")
     # an empty graph (a capture on another card) updates nothing: off by the whole update
     nothing = {k: torch.zeros_like(v) for k, v in update.items()}
