@@ -4,9 +4,14 @@
 PY       ?= python3
 VENV     ?= .venv
 PYTHON   := $(VENV)/bin/python
-STAMP    := $(VENV)/.installed-$(shell cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1)
+STAMP    := $(VENV)/.installed-$(shell { cat requirements/ci.txt pyproject.toml; $(if $(TORCH_CUDA),echo '$(TORCH_CUDA)';) } \
+            | cksum | cut -d' ' -f1)
+# The torch build this machine's NVIDIA driver runs (comhe/train/devices.py: no driver, no option: PyPI's build, as
+# always); TORCH_CUDA=cu126 (cu128, cpu, ...) names a flavour of download.pytorch.org/whl/ instead (docs/gpu.md).
+TORCH_CUDA ?=
+TORCH_PIP   = $(shell $(PY) comhe/train/devices.py --pip-index $(TORCH_CUDA))
 
-.PHONY: venv test test-slow bench bench-gpu help clean
+.PHONY: venv test test-slow bench bench-gpu doctor help clean
 
 help:
 	@echo "make table1        reproduce a paper table (table1 ... table10) -> results/table1.{csv,md,tex}, figures/table1.png"
@@ -28,6 +33,7 @@ help:
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
 	@echo "make bench         regulariser op counts, CPU timings, engine CPU throughput (BENCHMARKS.md)"
 	@echo "make bench-gpu     step times, MFU and the best JOBS on this CUDA card -> $(RESULTS)/bench/"
+	@echo "make doctor        where this machine trains, its rates, every table's time here (< 3 min) -> $(RESULTS)/doctor.json"
 
 venv: $(STAMP)
 
@@ -35,7 +41,7 @@ venv: $(STAMP)
 # because PYTHONDONTWRITEBYTECODE=1 on these machines would otherwise make every import of torch twice as slow.
 $(STAMP): requirements/ci.txt pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements/ci.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check $(patsubst %,% ,$(TORCH_PIP))-r requirements/ci.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	PYTHONDONTWRITEBYTECODE= $(PYTHON) -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	rm -f $(VENV)/.installed-*
@@ -61,6 +67,11 @@ bench: $(STAMP)
 bench-gpu:
 	PYTHONPATH=. $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m comhe.bench.gpu --out $(RESULTS)/bench $(ARGS)
 
+# Not on the venv stamp either (a GPU machine may have no network): the torch/CUDA/driver fit, CNN-9 and GCN rates,
+# every table's estimated time on this machine; exit 1 when an NVIDIA GPU is visible but torch cannot use it.
+doctor:
+	PYTHONPATH=. $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m comhe.suite.doctor --results $(RESULTS) $(ARGS)
+
 clean:
 	rm -rf .pytest_cache build *.egg-info
 
@@ -78,7 +89,8 @@ ARGS     ?=
 TABLE_COLUMNS = $(if $(filter command line,$(origin COLUMNS)),$(COLUMNS))
 # Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
-OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS
+OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS \
+             TORCH_CUDA
 SPACE     := $(subst ,, )
 CMDLINE   := $(subst $$$$,$$,$(subst \$(SPACE),^,$(MAKEOVERRIDES)))  # make escapes a space as "\ ", a $ as $$
 Q         := '
@@ -141,4 +153,4 @@ readme: $(STAMP)
 # A mistyped target (make tabel1) gets one line with the valid ones instead of make's bare "No rule to make target".
 .DEFAULT:
 	$(error unknown target '$@'; valid: $(EXPERIMENTS) tables figures report smoke demo readme test test-slow bench \
-	bench-gpu help clean; options are NAME=value (make help))
+	bench-gpu doctor help clean; options are NAME=value (make help))

@@ -169,7 +169,7 @@ def _pip_index(flavour: Optional[str]) -> str:
             print(f"warning: NVIDIA driver {gpu['driver']} is older than any torch build of requirements/ci.txt "
                   f"supports (CUDA 12 needs >= {MIN_DRIVER[12]}); installing PyPI's default build", file=sys.stderr)
             return ""
-    return f"--extra-index-url {TORCH_INDEX}{flavour}" if flavour else ""
+    return f"--extra-index-url={TORCH_INDEX}{flavour}" if flavour else ""  # one word: the Makefile appends a space
 
 
 if __name__ == "__main__":  # python3 comhe/train/devices.py --pip-index [FLAVOUR]

@@ -3,6 +3,7 @@ and a table before anything is trained or written, in one line; the device line;
 (``make venv``); the CPU estimate of a GPU-sized plan."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +83,9 @@ def test_make_venv_pip_options(tmp_path, monkeypatch):
         assert subprocess.run(script, env=env, capture_output=True, text=True).stdout == "\n"
     env["PATH"] = fake_nvidia_smi(tmp_path / "bin")
     assert subprocess.run(script, env=env, capture_output=True, text=True).stdout == \
-        "--extra-index-url https://download.pytorch.org/whl/cu126\n"
+        "--extra-index-url=https://download.pytorch.org/whl/cu126\n"
     assert subprocess.run(script + ["cpu"], env=env, capture_output=True, text=True).stdout == \
-        "--extra-index-url https://download.pytorch.org/whl/cpu\n"
+        "--extra-index-url=https://download.pytorch.org/whl/cpu\n"
     env["PATH"] = fake_nvidia_smi(tmp_path / "new", "NVIDIA H100, 580.65.06, 81559")
     assert subprocess.run(script, env=env, capture_output=True, text=True).stdout == "\n"  # PyPI's build fits
 
@@ -160,3 +161,19 @@ def test_a_gpu_sized_plan_on_the_cpu_shows_its_estimate(tmp_path):
 
 def test_measured_cpu_rate_is_positive():
     assert estimate.measure_cpu_rate(seconds=0.2, batch=4) > 1e6
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_venv_takes_the_build_for_the_driver(tmp_path):
+    """``make venv``'s pip line: unchanged without a driver (CI, this machine), the build for a fake driver 535,
+    and TORCH_CUDA by hand; the venv stamp changes only when TORCH_CUDA is given (a new flavour reinstalls)."""
+    def pip_line(path: str, *extra: str) -> str:
+        out = subprocess.run(["make", "-C", str(REPO), "-n", "venv", f"VENV={tmp_path / 'venv'}", *extra],
+                             capture_output=True, text=True, env={**os.environ, "PATH": path})
+        return next(line for line in out.stdout.splitlines() if "-r requirements/ci.txt" in line)
+    plain = "/usr/bin:/bin"
+    if not Path(devices.PROC_VERSION).exists():
+        assert pip_line(plain).endswith("pip install --quiet --disable-pip-version-check -r requirements/ci.txt")
+    assert pip_line(fake_nvidia_smi(tmp_path / "bin")).endswith(
+        "--disable-pip-version-check --extra-index-url=https://download.pytorch.org/whl/cu126 -r requirements/ci.txt")
+    assert "--extra-index-url=https://download.pytorch.org/whl/cu128 -r" in pip_line(plain, "TORCH_CUDA=cu128")
