@@ -4,10 +4,10 @@
 PY       ?= python3
 VENV     ?= .venv
 PYTHON   := $(VENV)/bin/python
-STAMP    := $(VENV)/.installed-$(shell { cat requirements/ci.txt pyproject.toml; $(if $(TORCH_CUDA),echo '$(TORCH_CUDA)';) } \
-            | cksum | cut -d' ' -f1)
+STAMP    := $(VENV)/.installed-$(shell cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1)
 # The torch build this machine's NVIDIA driver runs (comhe/train/devices.py: no driver, no option: PyPI's build, as
-# always); TORCH_CUDA=cu126 (cu128, cpu, ...) names a flavour of download.pytorch.org/whl/ instead (docs/gpu.md).
+# always); TORCH_CUDA=cu126 (cu128, cpu, ...) names a flavour of download.pytorch.org/whl/ instead. Another build
+# needs a new venv (pip keeps an installed torch==2.14.1): rm -rf .venv; make venv (docs/gpu.md).
 TORCH_CUDA ?=
 TORCH_PIP   = $(shell $(PY) comhe/train/devices.py --pip-index $(TORCH_CUDA))
 

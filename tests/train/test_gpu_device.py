@@ -166,7 +166,7 @@ def test_measured_cpu_rate_is_positive():
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_venv_takes_the_build_for_the_driver(tmp_path):
     """``make venv``'s pip line: unchanged without a driver (CI, this machine), the build for a fake driver 535,
-    and TORCH_CUDA by hand; the venv stamp changes only when TORCH_CUDA is given (a new flavour reinstalls)."""
+    and TORCH_CUDA by hand."""
     def pip_line(path: str, *extra: str) -> str:
         out = subprocess.run(["make", "-C", str(REPO), "-n", "venv", f"VENV={tmp_path / 'venv'}", *extra],
                              capture_output=True, text=True, env={**os.environ, "PATH": path})
