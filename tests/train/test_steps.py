@@ -112,6 +112,7 @@ def test_ddp_drops_the_buffer_broadcast_beside_sync_batchnorm():
 def test_capture_runs_in_thread_local_error_mode(tmp_path, monkeypatch):
     """A capture in the default (global) mode is invalidated by CUDA calls from other threads, e.g. the
     DataLoader's pin-memory thread; the step captures thread-locally. The CUDA graph API is faked: no GPU here."""
+    import contextlib
     from types import SimpleNamespace
     from comhe.train import steps
     s = engine.prepare(cfg_for(tmp_path, regularizer="none", reg={}))
@@ -125,7 +126,7 @@ def test_capture_runs_in_thread_local_error_mode(tmp_path, monkeypatch):
             return "pool"
 
     class FakeCapture:
-        def __init__(self, graph, pool=None, **kwargs):
+        def __init__(self, graph, pool=None, stream=None, **kwargs):
             seen.update(kwargs)
 
         def __enter__(self):
@@ -136,6 +137,8 @@ def test_capture_runs_in_thread_local_error_mode(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", FakeCapture)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: None)
     fake = SimpleNamespace(**{**vars(s), "device": torch.device("cuda")})
     step = steps.GraphStep(fake)
     fake.device = s.device  # the captured body runs on the CPU tensors
