@@ -215,7 +215,7 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     if main:
         run.truncate_metrics(iteration)
         meta = {**environment(s.device), "seed": cfg["seed"], "world_size": s.ctx.world_size,
-                "resumed_from": iteration, **s.step.meta}  # step_mode, its self-check, why it fell back
+                "resumed_from": iteration, **getattr(s.step, "meta", {})}  # step_mode, self-check, why it fell back
         run.write_meta({**run.read_meta(), **meta})
     start, start_iteration = time.perf_counter(), iteration
     # What a runner on another host sees (progress.py) and the optional TensorBoard log (tracking.py): rank 0 only.
