@@ -79,7 +79,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from . import devices, distributed, engine
-    from .setup import resolve_device
     from .trainers import for_config
     from ..data import DatasetUnavailable
 
@@ -108,8 +107,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     ctx = distributed.init("cuda" if cfg["device"].startswith("cuda") or (
         cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        if ctx.is_main:  # where it trains, before the data loads
-            print(devices.describe(resolve_device(cfg, ctx), cfg["threads"] or None)["device_line"], flush=True)
         setup = trainer.prepare(cfg, ctx)
     except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)
         distributed.shutdown(ctx)
@@ -118,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if ctx.is_main and args.progress != "none":
         use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
         report = tqdm_reporter(cfg["iterations"]) if use_bar else line_reporter(columns=trainer.columns)
-    if ctx.is_main:
+    if ctx.is_main:  # where it trains (the run's meta records the same line), then where its records go
+        print(devices.describe(setup.device)["device_line"], flush=True)
         print(f"run: {run_dir}", flush=True)
     try:
         with warnings.catch_warnings():
