@@ -86,13 +86,18 @@ def cpu_rate(results: Path, threads: int) -> Tuple[float, str]:
             return float(cpu["flops_per_s"]), f"measured by make doctor, {cpu.get('date', '')}".rstrip(", ")
     except (OSError, ValueError, AttributeError):
         pass
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return measure_cpu_rate(), f"measured now in {CALIBRATION_S:g} s; make doctor measures it once"
-    finally:
-        torch.set_num_threads(before)
+    if threads not in _MEASURED:  # once per process and thread count
+        import torch
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            _MEASURED[threads] = measure_cpu_rate()
+        finally:
+            torch.set_num_threads(before)
+    return _MEASURED[threads], f"measured now in {CALIBRATION_S:g} s; make doctor measures it once"
+
+
+_MEASURED: Dict[int, float] = {}
 
 
 def long_duration(seconds: float) -> str:
