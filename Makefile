@@ -28,8 +28,10 @@ help:
 	@echo "           COLUMNS=Cora (only these columns; the table shows the others as not run, with why)"
 	@echo "           LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
 	@echo "           RUNNING=1 (tables also count runs still training, marked)"
+	@echo "           RETRAIN_DAMAGED=1 (retrain finished runs whose records are damaged; see make verify)"
 	@echo "           RESULTS=results FIGURES=figures (default with RESULTS=dir: dir/figures), and config overrides"
 	@echo "           as key=value (lr=0.05 reg.proj_dim=30) or ARGS='key=value ...'"
+	@echo "make verify        check every run record of RESULTS against its checksums; names damaged files, exit 1"
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
 	@echo "make bench         regulariser op counts, CPU timings, engine CPU throughput (BENCHMARKS.md)"
 	@echo "make bench-gpu     step times, MFU and the best JOBS on this CUDA card -> $(RESULTS)/bench/"
@@ -47,8 +49,15 @@ $(STAMP): requirements/ci.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Lint, types, then the tests under coverage (child processes included: runner workers, `python -m comhe.train`,
+# torchrun ranks). The coverage table lists the lines no test runs; CUDA-only lines are marked `pragma: cuda`.
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m ruff check --quiet comhe tests
+	$(PYTHON) -m mypy
+	rm -f .coverage .coverage.*
+	$(PYTHON) -m coverage run -m pytest -q
+	$(PYTHON) -m coverage combine --quiet
+	$(PYTHON) -m coverage report
 
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
@@ -73,7 +82,7 @@ doctor:
 	PYTHONPATH=. $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m comhe.suite.doctor --results $(RESULTS) $(ARGS)
 
 clean:
-	rm -rf .pytest_cache build *.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build *.egg-info
 
 # ---- reproduction: run experiments/<target>.yaml -> collect run records -> render tables and figures ----------------
 PROFILE  ?= paper
@@ -89,7 +98,7 @@ ARGS     ?=
 TABLE_COLUMNS = $(if $(filter command line,$(origin COLUMNS)),$(COLUMNS))
 # Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
-OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS \
+OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING RETRAIN_DAMAGED LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS \
              TORCH_CUDA
 SPACE     := $(subst ,, )
 CMDLINE   := $(subst $$$$,$$,$(subst \$(SPACE),^,$(MAKEOVERRIDES)))  # make escapes a space as "\ ", a $ as $$
@@ -98,11 +107,12 @@ Q         := '
 OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(a)))),,'$(subst $(Q),$(Q)\$(Q)$(Q),$(subst ^,$(SPACE),$(a)))'))
 RUN_FLAGS  = --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)) --nproc $(NPROC) --launcher $(LAUNCHER) \
              --results $(RESULTS) $(if $(FIGURES),--figures $(FIGURES)) $(if $(RUNNING),--running) \
+             $(if $(RETRAIN_DAMAGED),--retrain-damaged) \
              $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \
              $(if $(SLURM),--slurm $(SLURM)) $(if $(TABLE_COLUMNS),--columns '$(TABLE_COLUMNS)')
 EXPERIMENTS := table1 table2 table3 table4 table5 table6 table7 table8 table9 table10 table11 fig1 fig2 fig3
 
-.PHONY: $(EXPERIMENTS) tables figures report smoke demo readme
+.PHONY: $(EXPERIMENTS) tables figures report smoke demo readme verify
 
 $(EXPERIMENTS): $(STAMP)
 	$(PYTHON) -m comhe.run $@ $(RUN_FLAGS)
@@ -116,6 +126,10 @@ figures: $(STAMP)
 # Every table and figure from the run records, and results/SCORECARD.md (+ figures/scorecard.png): every claim.
 report: $(STAMP)
 	$(PYTHON) -m comhe.run all $(RUN_FLAGS) --collect-only
+
+# Every run record of $(RESULTS)/runs against its checksums (record.sha256): damaged files named, exit 1 if any.
+verify: $(STAMP)
+	$(PYTHON) -m comhe.run verify --results $(RESULTS)
 
 # Every table and figure, CPU, synthetic data in the real formats, 2 seeds: every code path in a few minutes.
 smoke: JOBS = 2
@@ -152,5 +166,5 @@ readme: $(STAMP)
 
 # A mistyped target (make tabel1) gets one line with the valid ones instead of make's bare "No rule to make target".
 .DEFAULT:
-	$(error unknown target '$@'; valid: $(EXPERIMENTS) tables figures report smoke demo readme test test-slow bench \
+	$(error unknown target '$@'; valid: $(EXPERIMENTS) tables figures report smoke demo readme verify test test-slow bench \
 	bench-gpu doctor help clean; options are NAME=value (make help))

@@ -8,6 +8,7 @@
     python -m comhe.run table6 --nproc 8                # each run on 8 GPUs (torchrun, DDP)
     python -m comhe.run table1 --collect-only --running  # the table now, runs still training marked
     python -m comhe.run my.yaml --profile smoke         # your own experiment (docs/reference.md §7)
+    python -m comhe.run verify --results results        # check every run record's seal (suite/verify.py)
 
 Targets: table1 ... table11, fig1 ... fig3, demo, ``all`` (every table and figure), ``tables``, ``figures``, or a path
 to an experiment YAML. ``key=value`` arguments override config keys in every cell (``reg.*`` only where the
@@ -16,7 +17,8 @@ regulariser has the option). Outputs: ``<results>/runs/<run>/`` (records), ``<re
 and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress and the table's ETA are shown
 (``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
-waiting), 2 bad experiment, config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
+waiting), or a finished run's records are damaged (named; ``--retrain-damaged`` retrains it), 2 bad experiment,
+config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
 ``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import List, Optional
 
 from ..train import config as config_lib
 from ..train import records
+from ..train.io_errors import DiskFailure, disk_error
 from . import estimate, experiments, runner
 
 
@@ -50,6 +53,9 @@ def _bad_choice(what: str, value: str, valid, make_name: str) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["verify"]:
+        from . import verify
+        return verify.main((sys.argv[1:] if argv is None else argv)[1:])
     parser = argparse.ArgumentParser(prog="python -m comhe.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("args", nargs="+", metavar="TARGET|key=value")
     parser.add_argument("--profile", default="paper", help=f"one of {', '.join(experiments.PROFILES)}")
@@ -70,6 +76,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--figures", default=None,
                         help="default: figures/, or <results>/figures when --results is given")
     parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--retrain-damaged", action="store_true",
+                        help="retrain finished runs whose records are damaged (python -m comhe.run verify)")
     parser.add_argument("--running", action="store_true",
                         help="tables and figures also count runs still training, at their latest evaluation (marked)")
     args = parser.parse_intermixed_args(argv)
@@ -136,7 +144,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"step mode measured fastest on this card by make bench-gpu: {', '.join(changed)} "
                       f"(compile=false cuda_graph=false turns it off)")
         try:
-            counts = runner.train(plan, runs_root, jobs, args.launcher, options, nproc=args.nproc)
+            counts = runner.train(plan, runs_root, jobs, args.launcher, options, nproc=args.nproc,
+                                  retrain_damaged=args.retrain_damaged)
         except (DatasetUnavailable, config_lib.ConfigError) as err:
             hint = ("; or run only the columns whose data you have: COLUMNS=<names> (--columns)"
                     if isinstance(err, DatasetUnavailable) and any(len(e.columns) > 1 for e in plan.experiments)
@@ -146,10 +155,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Preempted as err:
             print(f"{err}" if "resume" in str(err) else f"{err}; rerun the same command to resume", file=sys.stderr)
             return 143
-    runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running)
+        except (DiskFailure, OSError) as err:  # a run (or the data written before) hit a full or failing disk
+            message = str(err) if isinstance(err, DiskFailure) else disk_error(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+    try:
+        runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running)
+    except OSError as err:  # a full disk, or a folder made unwritable since the check: one line, the runs are kept
+        print(f"error: {disk_error(err) or f'cannot write {err.filename}: {err.strerror or err}'} (tables and "
+              f"figures are rendered again by the same command)", file=sys.stderr)
+        return 2
     if counts.get("no data"):
         return 2
-    return 1 if counts.get("failed") or counts.get("locked") or counts.get("preempted") else 0
+    damaged = runner.damaged_runs(plan.runs, runs_root)  # named by render; the table is written, yet incomplete
+    return 1 if counts.get("failed") or counts.get("locked") or counts.get("preempted") or damaged else 0
 
 
 if __name__ == "__main__":

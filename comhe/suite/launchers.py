@@ -76,6 +76,11 @@ def _guarded(call: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
         return {"outcome": "no data", "message": str(err)}
     except Preempted:  # a stop signal: the run checkpointed; stop here, do not start the next run
         raise
+    except OSError as err:  # the disk is full or failing: stop (the next runs would fail alike), one line
+        from ..train.io_errors import disk_error
+        if disk_error(err) is None:
+            raise
+        return {"outcome": "io error", "message": disk_error(err)}
     except Exception as err:  # noqa: BLE001 - reported with its traceback, the others go on
         return {"outcome": "failed", "message": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(limit=6)}

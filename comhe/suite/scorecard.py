@@ -132,11 +132,10 @@ def render_figure(found: Sequence[Entry], out: Path, shas: Sequence[str] = ()) -
 def write(experiments: Sequence[Experiment], cells, runs_root: Path, results: Path,
           figures_dir: Optional[Path]) -> List[Path]:
     """``<results>/SCORECARD.md`` and, unless ``figures_dir`` is None, ``<figures>/scorecard.{png,pdf}``."""
-    from ..train.records import RunDir
+    from . import report
     found = collect(experiments, cells, runs_root)
-    shas = sorted({str((RunDir(Path(runs_root) / c.name).read_meta() or {}).get("git_sha"))
-                   for exp in experiments for c in cells[exp.name]
-                   if (Path(runs_root) / c.name / "meta.json").exists()})
+    shas = sorted({str(sha) for exp in experiments for c in cells[exp.name]
+                   for sha in [report.record_sha(Path(runs_root) / c.name)] if sha is not None})
     Path(results).mkdir(parents=True, exist_ok=True)
     path = Path(results) / "SCORECARD.md"
     atomic_write(path, render_md(found, shas))

@@ -4,6 +4,8 @@
 module              what
 ==================  ==============================================================================
 ``config.py``       every run key with its default and unit; typed ``key=value`` overrides
+``inputs.py``       untrusted text read within bounds (UTF-8, size, depth, no YAML aliases), numbers in range; no torch
+``io_errors.py``    a full or failing disk: the one-line message (exit 2; the run resumes)
 ``setup.py``        device, data, model, regulariser, optimiser, step: all that can fail, before training
 ``engine.py``       the resumable loop (evaluation, divergence, stop signals, checkpoints)
 ``steps.py``        one training step: eager or captured in CUDA graphs
@@ -14,6 +16,7 @@ module              what
 ``tracking.py``     optional TensorBoard logging of the metrics rows (``tensorboard=true``)
 ``distributed.py``  torchrun / DDP
 ``seeding.py``      seeds and RNG states
+``cpu.py``          threads and subnormal floats on the CPU (measured into ``meta.json``)
 ``cli.py``          ``python -m comhe.train cfg.yaml key=value ...``
 ==================  ==============================================================================
 

@@ -6,7 +6,8 @@
 
 The run directory defaults to ``<runs-root>/<label>-s<seed>-<config hash>`` (``records.run_name``). Progress is a
 tqdm bar on a terminal, else one fixed-column line per evaluation. Exit codes: 0 done (or already done), 2 bad
-config, missing data or an unwritable run directory (one ``error:`` line; the run directory is not created), 3 the
+config, missing data, an unwritable run directory (one ``error:`` line; the run directory is not created) or a
+finished run whose records are damaged (``records.RunDir.verify``), 3 the
 run is being trained by another process, 4 diverged, 143 stopped by a signal after checkpointing (relaunch to
 resume). Under torchrun these are each worker's codes: torchrun itself exits 1 when any worker fails, so scripts
 read the run's ``final.json`` (or its absence) rather than torchrun's exit code. ``COMHE_OFFLINE=1`` disables
@@ -22,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import config as config_lib
 from .devices import deterministic_environment
+from .io_errors import disk_error
 from .records import RunLocked, run_name
 
 COLUMNS = [("iteration", "iter", 7, "d"), ("epoch", "epoch", 7, ".1f"), ("lr", "lr", 8, ".4g"),
@@ -91,6 +93,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / run_name(cfg, args.label)
     from .records import RunDir
     if RunDir(run_dir).status() == "done":
+        verdict = RunDir(run_dir).verify()  # a damaged record is no result; retrained only when asked
+        if verdict.damaged:
+            return _fail(f"damaged record: {run_dir}/{verdict.problem}; not retrained (move the folder away to "
+                         "retrain it, or make <target> RETRAIN_DAMAGED=1)", 2)
         print(f"{run_dir}: already finished, not retrained")
         return 0
     try:  # no silent CPU fallback: an NVIDIA GPU torch cannot use stops the run before anything is written
@@ -108,9 +114,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg["device"] == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         setup = trainer.prepare(cfg, ctx)
-    except (DatasetUnavailable, ValueError) as err:  # ValueError: options the schema cannot see (proj_dim=0)
+    except (DatasetUnavailable, ValueError, OSError) as err:  # ValueError: options the schema cannot see
         distributed.shutdown(ctx)
-        return _fail(str(err), 2)
+        if isinstance(err, OSError) and disk_error(err) is None:
+            raise
+        return _fail(disk_error(err) or str(err), 2)
     report = None
     if ctx.is_main and args.progress != "none":
         use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
@@ -129,6 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 143
     except (PermissionError, NotADirectoryError, FileExistsError) as err:  # e.g. the disk became read-only
         return _fail(_unwritable(run_dir, err), 2)
+    except OSError as err:  # the disk is full or failing: the run resumes from its last checkpoint (io_errors.py)
+        if disk_error(err) is None:
+            raise
+        return _fail(disk_error(err), 2)
     finally:
         distributed.shutdown(ctx)
     if final["status"] == "diverged":

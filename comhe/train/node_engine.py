@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import data, models, regularizers
-from . import checkpoint, distributed
+from . import checkpoint, cpu, distributed
 from .engine import Preempted, _StopRequest, energy_rollup, lr_at  # noqa: F401  (Preempted: a stop signal's too)
 from .losses import LOSSES
 from .records import RunDir, environment
@@ -73,8 +73,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
     if ctx.enabled:
         raise ValueError("node classification trains the whole graph in one process: run it without torchrun")
     device = resolve_device(cfg, ctx)
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+    cpu.configure(cfg, graph=True)  # 1 thread unless told, subnormals flushed (train/cpu.py)
     seed_everything(cfg["seed"], cfg["deterministic"])
     graph = bundle or data.build(cfg["dataset"], root=cfg["data_root"] or None, device=device, download=download,
                                  **cfg["data"])

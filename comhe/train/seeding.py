@@ -11,6 +11,7 @@ first where the list is shorter), never the others onto devices the run does not
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -29,7 +30,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         # Too late if cuBLAS already started in this process: the entry points (train/cli.py, suite/cli.py) set it
         # first; this covers library use in a fresh process.
         deterministic_environment()
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    # torch.use_deterministic_algorithms imports torch._inductor (~1 s of CPU, more than a Cora run) to set its config:
+    # only where the setting changes. inductor's flag matters once torch.compile is imported, so it is kept in step.
+    inductor = sys.modules.get("torch._inductor.config")
+    if (torch.are_deterministic_algorithms_enabled() != deterministic
+            or torch.is_deterministic_algorithms_warn_only_enabled()
+            or (inductor is not None and inductor.deterministic != deterministic)):
+        torch.use_deterministic_algorithms(deterministic, warn_only=False)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
 

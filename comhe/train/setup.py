@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import data, models, regularizers
-from . import devices, distributed, optim, steps
+from . import cpu, devices, distributed, optim, steps
 from .losses import LOSSES
 from .seeding import seed_everything
 
@@ -73,8 +73,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
     """
     ctx = ctx or distributed.DistContext()
     device = resolve_device(cfg, ctx)
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
+    cpu.configure(cfg)  # threads and subnormal floats, before the first parallel op (train/cpu.py)
     seed_everything(cfg["seed"], cfg["deterministic"])
     if bundle is None:
         data_options = dict(cfg["data"])

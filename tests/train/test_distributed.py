@@ -119,7 +119,8 @@ def test_two_process_run_matches_single_process(setting):
     # records by rank 0 only: one header and one row per evaluation, one progress table, no stray files
     assert ddp.metrics_path.read_text().count("iteration,") == 1 and proc.stdout.count("test_err%") == 1
     assert sorted(p.name for p in ddp.path.iterdir()) == [".lock", "checkpoints", "config.yaml", "final.json",
-                                                           "meta.json", "metrics.csv", "progress.json"]
+                                                           "meta.json", "metrics.csv", "progress.json",
+                                                           "record.sha256"]
     assert ddp.read_meta()["world_size"] == 2
 
 
