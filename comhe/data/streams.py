@@ -14,7 +14,7 @@ checkpoint resumes the exact stream.
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -259,8 +259,9 @@ class LoaderStream:
         self.steps_per_epoch = len(sampler) // batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(sampler)} images per rank cannot fill one batch of {batch_size}")
-        self._iter = None
-        self._order, self._generator, self._loader = _EpochOrder(), torch.Generator(), None
+        self._iter: Any = None
+        self._order, self._generator = _EpochOrder(), torch.Generator()
+        self._loader: Any = None  # the run's DataLoader, made at the first batch
 
     def __len__(self) -> int:
         return self.steps_per_epoch

@@ -1,4 +1,4 @@
-"""Model FLOPs from layer shapes: MFU in ``make bench-gpu``, time estimates of plans in ``make doctor`` and ``DRY=1``."""
+"""Model FLOPs from layer shapes: MFU in `make bench-gpu`, the time estimates of `make doctor` and `DRY=1`."""
 from __future__ import annotations
 
 import torch

@@ -104,6 +104,7 @@ def gcn_run(data_root, epochs: int = 20) -> Dict[str, Any]:
     cfg = config.resolve(base={"dataset": "cora", "model": "gcn", "iterations": epochs, "milestones": [], "lr": 0.01,
                                "weight_decay": 5e-4, "loss": "cross_entropy", "early_stopping": 0,
                                "eval_every": 1, "regularizer": "none"})
+    graph: Any  # a GraphBundle (data.build's declared type is the image bundle's)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             graph, source = data.build("cora", data_root, download=False), "real Cora"

@@ -66,7 +66,8 @@ def measure_cpu_rate(seconds: float = CALIBRATION_S, batch: int = 32) -> float:
     from ..train import config, engine
     images = torch.randint(0, 256, (4 * batch, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 100, (4 * batch,))
-    bundle = data.tensor_bundle("calibration", (images, labels), (images[:batch], labels[:batch]), 100, "cpu")
+    bundle = data.tensor_bundle("calibration", (images, labels), (images[:batch], labels[:batch]), 100,
+                                torch.device("cpu"))
     cfg = config.resolve(base={"dataset": "cifar100", "model": "cnn9", "batch_size": batch, "device": "cpu",
                                "regularizer": "none"})
     s = engine.prepare(cfg, bundle=bundle)

@@ -91,7 +91,8 @@ def why_unusable(gpu: Dict[str, Any], torch_version: str, torch_cuda: Optional[s
     """Why a torch build cannot use the visible GPU ``gpu`` (``nvidia_visible``), as far as it can be told."""
     if not torch_cuda:
         return f"torch {torch_version} is a CPU-only build"
-    need, driver = MIN_DRIVER.get(_major(torch_cuda)), _major(gpu["driver"])
+    cuda_major, driver = _major(torch_cuda), _major(gpu["driver"])
+    need = MIN_DRIVER.get(cuda_major) if cuda_major is not None else None
     if need is not None and driver is not None and driver < need:
         return f"its CUDA {torch_cuda} needs driver >= {need}, this machine has {gpu['driver']}"
     said = " ".join(torch_said.split())[:240]
