@@ -62,3 +62,20 @@ def test_the_gcn_timing_on_a_cora_sized_graph(tmp_path):
     gcn = doctor.gcn_run(tmp_path, epochs=2)
     assert gcn["graph"].startswith("synthetic graph of Cora's sizes") and gcn["run_s"] == pytest.approx(
         200 * gcn["epoch_s"])
+
+
+def test_a_timed_configuration_on_the_cpu():
+    row = doctor.time_config(doctor.random_bundle(torch.device("cpu"), train=256, test=64), "rp_comhe", "eager",
+                             steps=2, seconds=0.0)
+    assert row["mode"] == row["requested"] == "eager" and row["steps"] == 2 and row["images_per_s"] > 0
+    assert row["flops_per_s"] == pytest.approx(row["images_per_s"] * doctor.estimate.image_flops(
+        doctor.config.resolve(base={"model": "cnn9", "dataset": "cifar100"})))
+
+
+def test_table_times_at_the_measured_rates(monkeypatch):
+    monkeypatch.setattr(doctor.experiments, "names", lambda: ["table1", "table11"])
+    rows = {r["target"]: r for r in doctor.table_times(flops_per_s=1e10, gcn_s=3.0)}
+    plan = doctor.runner.make_plan(["table1"], "paper")
+    assert rows["table1"]["runs"] == 45 and rows["table1"]["seconds"] == pytest.approx(
+        doctor.estimate.plan_flops(plan.runs) / 1e10)
+    assert rows["table11"]["train_flops"] == 0 and rows["table11"]["seconds"] == 3.0 * rows["table11"]["runs"]
