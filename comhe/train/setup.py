@@ -16,7 +16,7 @@ from torch import nn
 from .. import data, models, regularizers
 from . import cpu, devices, distributed, optim, steps
 from .losses import LOSSES
-from .seeding import seed_everything
+from .seeding import rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -125,10 +125,12 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
 
 def _first_batch(s: Setup):
     """The run's first batch, on the device as the loop lays it out, and its LR, for a fast step's self-check; the
-    stream is put back, so the run still starts with this batch."""
-    saved = s.loader.state_dict()
+    stream and the RNGs it may draw from (ImageNet's crops without workers) are put back, so the run still starts with
+    this batch."""
+    saved, rngs = s.loader.state_dict(), rng_state(s.device)
     x, y = s.loader.next_batch()
     s.loader.load_state_dict(saved)
+    set_rng_state(rngs, s.device)
     x = x.to(s.device, non_blocking=True)
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

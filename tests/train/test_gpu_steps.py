@@ -229,3 +229,17 @@ def test_a_graph_on_the_second_card_trains(tmp_path):
         s.step(*engine.to_device(*s.loader.next_batch(), s), 0.02)
     assert s.step.mode == "cuda_graph" and s.step.inner.graphs
     assert all(not torch.equal(before[k], v) for k, v in s.model.named_parameters() if v.dim() > 1)
+
+
+def test_the_check_batch_leaves_the_stream_and_the_rngs_as_they_were(tmp_path):
+    """ImageNet without workers draws its crops from the global RNG: taking the check's batch must not shift the run's
+    first batch (nor anything drawn after it)."""
+    cfg = config.resolve(base={"dataset": "synthetic_imagenet", "data_root": str(tmp_path / "data"), "workers": 0,
+                               "data": {"image_size": 32, "num_classes": 3, "per_class": 4, "size": 40},
+                               "model": "resnet18", "batch_size": 4, "threads": 1})
+    s = engine.prepare(cfg)
+    before = torch.get_rng_state()
+    x, y, lr = setup_lib._first_batch(s)
+    assert torch.equal(torch.get_rng_state(), before) and lr == cfg["lr"]
+    rx, ry = s.loader.next_batch()
+    assert torch.equal(rx, x) and torch.equal(ry, y)
