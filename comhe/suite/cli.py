@@ -18,7 +18,9 @@ and with ``all`` ``<results>/SCORECARD.md``. While training, each run's progress
 (``progress.py``). A run another process is training is waited for (``runner.py``). Exit codes:
 0 all runs finished (or diverged: N/C is a result), 1 some run failed or was left to another process (Ctrl-C while
 waiting), or a finished run's records are damaged (named; ``--retrain-damaged`` retrains it), 2 bad experiment,
-config, ``--nproc`` or missing data, 143 stopped by a signal (rerun to resume).
+config, ``--nproc`` or missing data, 130 stopped by a signal (Ctrl-C or SIGTERM): no run starts after it, the
+runs in progress checkpoint, the tables and figures are rendered from what exists, marked incomplete (rerun to
+resume; a second Ctrl-C stops at once; ``train/interrupt.py``).
 ``--columns Cora`` plans only those columns; the tables show the others as not run, with the reason.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import List, Optional
 
 from ..train import config as config_lib
 from ..train import records
+from ..train.interrupt import STOP, StopNow
 from ..train.io_errors import DiskFailure, disk_error
 from . import estimate, experiments, runner
 
@@ -53,6 +56,19 @@ def _bad_choice(what: str, value: str, valid, make_name: str) -> Optional[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line, under the stop signals' handling: a first Ctrl-C or SIGTERM winds down (one line says
+    how), a second Ctrl-C stops at once, never with a traceback."""
+    with STOP.handling("stopping after planning: no run starts; the tables and figures are rendered from what "
+                       "exists"):
+        try:
+            return _main(argv)
+        except StopNow:
+            print("stopped at once by a second Ctrl-C: every file is whole (written atomically); rerun the same "
+                  "command to resume the runs from their last checkpoints and render the tables", file=sys.stderr)
+            return 130
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     if (sys.argv[1:] if argv is None else argv)[:1] == ["verify"]:
         from . import verify
         return verify.main((sys.argv[1:] if argv is None else argv)[1:])
@@ -126,9 +142,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
     if args.dry_run:
         runner.dry_run(plan, runs_root, out=sys.stdout, jobs=args.jobs or 1)
-        return 0
+        return STOP.exit_code() if STOP.requested else 0
     counts = {}
-    if not args.collect_only:
+    if not args.collect_only and not STOP.requested:
         from ..data import DatasetUnavailable
         from ..train.engine import Preempted
         measured = runner.measured_defaults(results) if args.launcher == "local" else {}  # {} on the CPU
@@ -154,19 +170,26 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         except Preempted as err:
             print(f"{err}" if "resume" in str(err) else f"{err}; rerun the same command to resume", file=sys.stderr)
-            return 143
+            if not STOP.requested:
+                return 130  # a worker was stopped by a signal: resumable, as after Ctrl-C
         except (DiskFailure, OSError) as err:  # a run (or the data written before) hit a full or failing disk
             message = str(err) if isinstance(err, DiskFailure) else disk_error(err)
             if message is None:
                 raise
             print(f"error: {message}", file=sys.stderr)
             return 2
+    incomplete = f"stopped by {STOP.signal_name()} before every run finished; rerun the same command to resume" \
+        if STOP.requested else ""
     try:
-        runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures), running=args.running)
+        with STOP.phase("finishing the tables and figures from what exists"):
+            runner.render(plan, runs_root, results, None if args.no_figures else Path(args.figures),
+                          running=args.running, incomplete=incomplete)
     except OSError as err:  # a full disk, or a folder made unwritable since the check: one line, the runs are kept
         print(f"error: {disk_error(err) or f'cannot write {err.filename}: {err.strerror or err}'} (tables and "
               f"figures are rendered again by the same command)", file=sys.stderr)
         return 2
+    if STOP.requested:
+        return STOP.exit_code()
     if counts.get("no data"):
         return 2
     damaged = runner.damaged_runs(plan.runs, runs_root)  # named by render; the table is written, yet incomplete

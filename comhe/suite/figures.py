@@ -73,6 +73,8 @@ def stamp(fig, exp: Experiment, df: pd.DataFrame) -> None:
         ("paper protocol" if exp.profile == "paper" else f"profile {exp.profile}: not the paper protocol")
     live = len(running_rows(df))
     running = f" · includes {live} run(s) still training, at their latest evaluation" if live else ""
+    if df.attrs.get("incomplete"):  # runner.render: training was stopped by a signal
+        running += f" · INCOMPLETE: {df.attrs['incomplete']}"
     text = (f"profile {exp.profile} · seeds {','.join(map(str, exp.seeds))} · {protocol} · code {_shas(df)}"
             f"{running}\n{command(exp)}")
     fig.text(0.01, -0.01, text, ha="left", va="top", fontsize=6.5, color="0.3", family="monospace",

@@ -377,7 +377,9 @@ def render_md(exp: Experiment, df: pd.DataFrame, extra: Sequence[str] = ()) -> s
         cell = ("Cell: ours mean ± std over seeds (n finished runs), below it the reference value and Δ = ours − "
                 "reference.")
     warning = protocol_line(exp)
-    lines = [f"# {exp.title}", "", f"Source: {exp.source}", ""] + ([f"**{warning}**", ""] if warning else []) + [
+    stopped = df.attrs.get("incomplete")  # runner.render: training was stopped by a signal before these runs finished
+    lines = [f"# {exp.title}", "", f"Source: {exp.source}", ""] + ([f"**{warning}**", ""] if warning else []) + \
+        ([f"**INCOMPLETE: {stopped}**", ""] if stopped else []) + [
              f"Profile `{exp.profile}`, seeds {', '.join(map(str, exp.seeds))}; metric: {_metric_line(exp)}. "
              f"{cell} "
              f"{DASH}: not run yet; {NOT_CONVERGED}: diverged (not converged), left out of the mean.", "",
@@ -445,6 +447,8 @@ def render_tex(exp: Experiment, df: pd.DataFrame) -> str:
     lines = [f"% {exp.title}: generated from the run records by `{command(exp)}`; do not edit.",
              f"% Profile {exp.profile}, seeds {', '.join(map(str, exp.seeds))}; runs: {status_line(df)}.",
              rf"\begin{{tabular}}{{{spec}}}"]
+    if df.attrs.get("incomplete"):  # runner.render: training was stopped by a signal
+        lines.insert(2, f"% INCOMPLETE: {df.attrs['incomplete']}")
     if exp.overrides or exp.profile != "paper":  # in the printed table, not only in a comment
         note = protocol_line(exp) or "Not the paper protocol."
         lines.insert(2, f"% {note}")

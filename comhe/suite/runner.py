@@ -34,6 +34,7 @@ from . import experiments as experiments_lib
 from . import progress as progress_lib
 from .experiments import CellRun, Experiment
 from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
+from ..train.interrupt import STOP
 from ..train.io_errors import DiskFailure
 from ..train.records import RunDir, RunLocked
 from ..train.seal import Verdict
@@ -226,6 +227,8 @@ def preflight(pending: Sequence[Planned]) -> None:
     from .. import data
     seen = set()
     for p in pending:
+        if STOP.requested:  # a stop signal: no further dataset (nothing will be trained)
+            return
         cfg = p.cfg
         key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
         if key in seen:
@@ -274,7 +277,16 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
     """Train every run of the plan that is not finished; wait for those another process is training (module
     docstring). A finished run with damaged records is counted ``damaged`` and left alone, or with
     ``retrain_damaged`` set aside and trained again. Returns the count of each outcome. Raises ``ConfigError`` for an
-    ``nproc`` that does not fit."""
+    ``nproc`` that does not fit.
+
+    A first stop signal (Ctrl-C, SIGTERM: ``train/interrupt.py``) starts no further run; the runs in progress
+    checkpoint and stop, and come back ``stopped``, the others ``not started``; a second Ctrl-C raises ``StopNow``."""
+    with STOP.handling("no run starts; the runs in progress checkpoint and stop"):
+        return _train(plan, runs_root, jobs, launcher, options, out, nproc, poll_s, retrain_damaged)
+
+
+def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optional[Dict[str, Any]], out, nproc: int,
+           poll_s: float, retrain_damaged: bool) -> Dict[str, int]:
     runs_root = Path(runs_root)
     damaged = damaged_runs(plan.runs, runs_root)
     for name in list(damaged) if retrain_damaged else ():
@@ -296,7 +308,14 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
         return counts
     check_nproc(pending, nproc)
     if launcher != "slurm":
-        preflight(pending)
+        with STOP.phase("finishing the data preparation in progress; no run starts; then the tables and figures are "
+                        "rendered from what exists (marked incomplete)"):
+            preflight(pending)
+    if STOP.requested:
+        counts["not started"] = len(pending)
+        print(f"stopped by {STOP.signal_name()} before training: {len(pending)} run(s) not started", file=out,
+              flush=True)
+        return counts
     cfgs = prepare_configs(pending, jobs, nproc) if launcher == "local" else [dict(p.cfg) for p in pending]
     dirs = [str(runs_root / p.name) for p in pending]
     keep = [plan.keep_weights[p.name] for p in pending]
@@ -313,6 +332,11 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
 
     def on_result(i: int, result: Dict[str, Any]):
         outcome = "elsewhere" if result["outcome"] == "skipped" else result["outcome"]  # finished since planning
+        if outcome in ("not started", "stopped"):  # after a stop signal (train/interrupt.py)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome == "stopped":
+                line(i, outcome, result.get("message", ""), "")
+            return True
         if outcome == "locked":
             locked.append(i)
             line(i, outcome, "being trained by another process; waiting for it at the end", "")
@@ -343,15 +367,18 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
 
     interrupted = False  # Ctrl-C while waiting for runs another process trains
     try:  # the monitor stops on every way out (before the closing line, so bars never tear it)
-        launch(list(range(len(pending))))
-        while locked and not counts.get("no data") and not disk_failures and not interrupted:
+        with STOP.phase("no run starts; the runs in progress checkpoint and stop; then the tables and figures are "
+                        "rendered from what exists (marked incomplete)"):
+            launch(list(range(len(pending))))
+        while locked and not counts.get("no data") and not disk_failures and not interrupted and not STOP.requested:
             print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
                   "stops waiting and renders what exists)", file=out, flush=True)
             waiting, locked[:] = list(locked), []
             while waiting:
-                try:
+                with STOP.phase("stops waiting for the runs another process trains; then the tables and figures are "
+                                "rendered from what exists"):
                     time.sleep(poll_s)
-                except KeyboardInterrupt:  # stop waiting: render what exists, these runs as "locked" (exit code 1)
+                if STOP.requested:  # stop waiting: render what exists, these runs as "locked"
                     counts["locked"] = len(waiting) + len(locked)
                     interrupted = True
                     break
@@ -370,6 +397,14 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
         raise DiskFailure(disk_failures[0])
     if interrupted:
         print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
+        return counts
+    if STOP.requested:
+        last = ("stopped", "not started")  # the runs the stop left, after those that ended
+        order = [k for k in counts if k not in last] + [k for k in last if k in counts]
+        print(f"stopped by {STOP.signal_name()} after {time.perf_counter() - started:.0f} s: "
+              + ", ".join(f"{counts[k]} {k}" for k in order)
+              + ("; the stopped runs checkpointed: rerun the same command to resume" if counts.get("stopped") else ""),
+              file=out, flush=True)
         return counts
     print(f"trained in {time.perf_counter() - started:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
           file=out, flush=True)
@@ -420,10 +455,11 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
 
 
 def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=None,
-           running: bool = False) -> List[Path]:
+           running: bool = False, incomplete: str = "") -> List[Path]:
     """Tables (csv, md, tex) and figures of every experiment of the plan, from the run records only (``running``:
     with the runs still training counted at their latest evaluation, marked as such). ``out``: sys.stdout as it is
-    at the call."""
+    at the call. ``incomplete``: why training stopped early (a stop signal); the tables and figures of experiments
+    with runs not finished say so (``df.attrs`` carries it to ``report`` and ``figures``)."""
     from . import report, selection
     out = sys.stdout if out is None else out
     paths = []
@@ -432,6 +468,8 @@ def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Pat
               "(RETRAIN_DAMAGED=1 retrains it)", file=out, flush=True)
     for exp in plan.experiments:
         df = report.collect(exp, plan.cells[exp.name], runs_root, running=running)
+        if incomplete and any(status(runs_root, c.name) != "done" for c in plan.cells[exp.name]):
+            df.attrs["incomplete"] = incomplete
         extra = (selection.sweep_lines(exp, df) if exp.select else []) + \
             (selection.table_lines(exp, plan.cells[exp.name], runs_root) if exp.selected_by else [])
         paths += report.write(exp, df, results, extra)

@@ -8,6 +8,7 @@ module              what
 ``io_errors.py``    a full or failing disk: the one-line message (exit 2; the run resumes)
 ``setup.py``        device, data, model, regulariser, optimiser, step: all that can fail, before training
 ``engine.py``       the resumable loop (evaluation, divergence, stop signals, checkpoints)
+``interrupt.py``    stop signals: the first Ctrl-C / SIGTERM winds down, a second Ctrl-C stops at once
 ``steps.py``        one training step: eager or captured in CUDA graphs
 ``losses.py``       the official loss and cross-entropy
 ``checkpoint.py``   atomic, checksummed checkpoints

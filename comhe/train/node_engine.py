@@ -33,6 +33,7 @@ from torch import nn
 from .. import data, models, regularizers
 from . import checkpoint, cpu, distributed
 from .engine import Preempted, _StopRequest, energy_rollup, lr_at  # noqa: F401  (Preempted: a stop signal's too)
+from .interrupt import STOP
 from .losses import LOSSES
 from .records import RunDir, environment
 from .seeding import rng_state, seed_everything, set_rng_state
@@ -167,6 +168,8 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[NodeSetup] =
     if run.status() == "done":
         return run.read_final()
     s = setup or prepare(cfg)
+    if STOP.requested:  # signalled while the graph and model were prepared: write nothing
+        raise Preempted(f"stopped by {STOP.signal_name()} before {run.path.name} started training")
     run.lock()  # raises RunLocked when another process trains it
     try:
         if run.status() == "done":  # finished by another process while we loaded the graph
