@@ -5,8 +5,13 @@ PY       ?= python3
 VENV     ?= .venv
 PYTHON   := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed-$(shell cat requirements/ci.txt pyproject.toml | cksum | cut -d' ' -f1)
+# The torch build this machine's NVIDIA driver runs (comhe/train/devices.py: no driver, no option: PyPI's build, as
+# always); TORCH_CUDA=cu126 (cu128, cpu, ...) names a flavour of download.pytorch.org/whl/ instead. Another build
+# needs a new venv (pip keeps an installed torch==2.14.1): rm -rf .venv; make venv (docs/gpu.md).
+TORCH_CUDA ?=
+TORCH_PIP   = $(shell $(PY) comhe/train/devices.py --pip-index $(TORCH_CUDA))
 
-.PHONY: venv test test-slow bench bench-gpu help clean
+.PHONY: venv test test-slow bench bench-gpu doctor help clean
 
 help:
 	@echo "make table1        reproduce a paper table (table1 ... table10) -> results/table1.{csv,md,tex}, figures/table1.png"
@@ -31,6 +36,7 @@ help:
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
 	@echo "make bench         regulariser op counts, CPU timings, engine CPU throughput (BENCHMARKS.md)"
 	@echo "make bench-gpu     step times, MFU and the best JOBS on this CUDA card -> $(RESULTS)/bench/"
+	@echo "make doctor        where this machine trains, its rates, every table's time here (< 3 min) -> $(RESULTS)/doctor.json"
 
 venv: $(STAMP)
 
@@ -38,7 +44,7 @@ venv: $(STAMP)
 # because PYTHONDONTWRITEBYTECODE=1 on these machines would otherwise make every import of torch twice as slow.
 $(STAMP): requirements/ci.txt pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements/ci.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check $(patsubst %,% ,$(TORCH_PIP))-r requirements/ci.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	PYTHONDONTWRITEBYTECODE= $(PYTHON) -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	rm -f $(VENV)/.installed-*
@@ -71,6 +77,11 @@ bench: $(STAMP)
 bench-gpu:
 	PYTHONPATH=. $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m comhe.bench.gpu --out $(RESULTS)/bench $(ARGS)
 
+# Not on the venv stamp either (a GPU machine may have no network): the torch/CUDA/driver fit, CNN-9 and GCN rates,
+# every table's estimated time on this machine; exit 1 when an NVIDIA GPU is visible but torch cannot use it.
+doctor:
+	PYTHONPATH=. $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m comhe.suite.doctor --results $(RESULTS) $(ARGS)
+
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build *.egg-info
 
@@ -90,7 +101,7 @@ TABLE_COLUMNS = $(if $(filter command line,$(origin COLUMNS)),$(COLUMNS))
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
 # COMHE_DATA / COMHE_OFFLINE are environment variables of the runs (make exports command-line variables to recipes).
 OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING RETRAIN_DAMAGED LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV \
-             PYTHON STAMP COLUMNS COMHE_DATA COMHE_OFFLINE
+             PYTHON STAMP COLUMNS COMHE_DATA COMHE_OFFLINE TORCH_CUDA
 SPACE     := $(subst ,, )
 CMDLINE   := $(subst $$$$,$$,$(subst \$(SPACE),^,$(MAKEOVERRIDES)))  # make escapes a space as "\ ", a $ as $$
 Q         := '
@@ -161,4 +172,4 @@ readme: $(STAMP)
 # A mistyped target (make tabel1) gets one line with the valid ones instead of make's bare "No rule to make target".
 .DEFAULT:
 	$(error unknown target '$@'; valid: $(EXPERIMENTS) tables figures report smoke demo readme verify test test-slow bench \
-	bench-gpu help clean; options are NAME=value (make help))
+	bench-gpu doctor help clean; options are NAME=value (make help))

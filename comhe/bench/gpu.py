@@ -102,18 +102,28 @@ def step_table(bundle, models: List[str], regs: List[str], modes: List[str], ste
                 try:
                     s = make_setup(model_key, reg, mode, bundle, batch, self_test)
                     time_steps(s, 2 if self_test else 8)  # warm-up: graph capture, compilation, cuDNN autotuning
-                    setups[key] = s
+                    error = fell_back(s, mode)
+                    if not error:
+                        setups[key] = s
                 except Exception as err:  # record and go on: one broken mode must not hide the others
-                    rows.append({"model": model_key, "regularizer": reg, "mode": mode, "error": repr(err)[:200]})
+                    error = repr(err)[:200]
+                if error:
+                    rows.append({"model": model_key, "regularizer": reg, "mode": mode, "error": error})
     samples: Dict[tuple, List[float]] = {k: [] for k in setups}
     for round_index in range(rounds):
         if round_index and time.time() > rounds_until:
             break
         for key, s in setups.items():
+            if key not in samples:
+                continue
             try:
                 samples[key].append(time_steps(s, steps))
+                error = fell_back(s, key[2])  # e.g. a re-capture that failed: its times are not the mode's
             except Exception as err:
-                rows.append({"model": key[0], "regularizer": key[1], "mode": key[2], "error": repr(err)[:200]})
+                error = repr(err)[:200]
+            if error:
+                rows.append({"model": key[0], "regularizer": key[1], "mode": key[2], "error": error})
+                del samples[key]
     flops = {m: 3 * forward_flops(next(s.model for k, s in setups.items() if k[0] == m), (3, 32, 32), device)
              for m in models if any(k[0] == m for k in setups)}
     for key, times in samples.items():
@@ -127,6 +137,15 @@ def step_table(bundle, models: List[str], regs: List[str], modes: List[str], ste
                      "ratio_to_baseline": t / statistics.median(base), "images_per_s": batch / t,
                      "mfu_percent": 100 * achieved / peak if peak else "", "error": ""})
     return rows
+
+
+def fell_back(setup, mode: str) -> str:
+    """Why ``setup``'s step no longer runs ``mode`` ("" while it does). A mode that failed its self-check or its
+    capture trains on as eager (``steps.FallbackStep``): timed under the mode's label it would look like the mode, so
+    it is recorded as failed and never chosen (``best_modes`` skips rows with an error)."""
+    if setup.step.mode == mode:
+        return ""
+    return f"fell back to {setup.step.mode}: {setup.step.meta.get('step_fallback', 'no reason recorded')}"[:300]
 
 
 def protocol_time(bundle, mode: str, step_ms: float, self_test: bool = False) -> Dict:

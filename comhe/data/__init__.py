@@ -28,3 +28,4 @@ from .bundle import (DATASETS, DataBundle, DatasetUnavailable, build, data_root,
                      locate, offline, option_defaults, removed_if_failed, takes_workers, tensor_bundle)
 from .bundle import NODE_DATASETS, probe, task  # noqa: F401
 from .planetoid import GraphBundle  # noqa: F401
+from .streams import loader_workers  # noqa: F401

@@ -202,6 +202,17 @@ def _run(args: argparse.Namespace, names: List[str], overrides: List[str], colum
     if args.profile != "paper" and not args.results and not args.dry_run:
         print(f"profile {args.profile}: tables, runs and figures go to {results}/ (the paper profile's results/ and "
               "figures/ are left alone; --results DIR to choose)", flush=True)
+    if not args.collect_only:  # where it trains, first: an NVIDIA GPU torch cannot use stops it before any write
+        from . import estimate  # imports torch (the models' FLOP counts): after every torch-free check
+        from ..train.devices import DeviceUnusable, deterministic_environment
+        if any(p.cfg["deterministic"] for p in plan.runs):
+            deterministic_environment()  # before CUDA starts here or in the workers spawned below
+        try:
+            for line in estimate.start_lines(plan, runs_root, args.jobs or 1, args.launcher, results):
+                print(line, flush=True)
+        except DeviceUnusable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if not args.dry_run:  # fail before training anything, not when the first record or table is written
         folders = ([] if args.no_figures else [Path(args.figures)]) + [runs_root]
         try:

@@ -158,17 +158,18 @@ def default_jobs(results: Path = Path("results"), measured: Optional[Dict[str, A
     return 4  # not measured on this card; run make bench-gpu
 
 
-STEP_MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile": {"compile": True}}
+STEP_MODES = {"eager": {"cuda_graph": False}, "cuda_graph": {"cuda_graph": True},
+              "compile": {"compile": True, "cuda_graph": False}}
 
 
-def step_mode(modes: Dict[str, Any], model: str, regularizer: str) -> str:
-    """The mode ``make bench-gpu`` measured fastest for (model, regulariser) on this card, else eager. ``modes``:
-    model -> regulariser -> mode; an older file's model -> mode was measured on the baseline and RP-CoMHE only, so it
-    applies to those two."""
+def step_mode(modes: Dict[str, Any], model: str, regularizer: str) -> Optional[str]:
+    """The mode ``make bench-gpu`` measured fastest for (model, regulariser) on this card, else None (not measured:
+    the run's ``cuda_graph: auto`` decides). ``modes``: model -> regulariser -> mode; an older file's model -> mode
+    was measured on the baseline and RP-CoMHE only, so it applies to those two."""
     entry = modes.get(model)
     if isinstance(entry, str):
-        return entry if regularizer in ("none", "rp_comhe") else "eager"
-    return entry.get(regularizer, "eager") if isinstance(entry, dict) else "eager"
+        return entry if regularizer in ("none", "rp_comhe") else None
+    return entry.get(regularizer) if isinstance(entry, dict) else None
 
 
 def without_mode(modes: Dict[str, Any], mode: str) -> Dict[str, Any]:
@@ -180,27 +181,32 @@ def without_mode(modes: Dict[str, Any], mode: str) -> Dict[str, Any]:
 def apply_step_modes(plan: Plan, modes: Dict[str, Any]) -> List[str]:
     """Give each planned run the step mode ``make bench-gpu`` measured fastest for its model and regulariser on this
     card (``step_mode``). The keys are outside a run's identity: names and results are unchanged, only the speed (and
-    a mode that fails on a run falls back to eager with a warning). Returns ``model/regulariser: mode`` per change."""
+    a mode that fails on a run falls back to eager with a warning). Returns ``model/regulariser: mode`` per fast mode
+    given."""
     changed = []
     for run in plan.runs:
         mode = step_mode(modes, run.cfg["model"], run.cfg["regularizer"])
-        keys = STEP_MODES.get(mode, {})
-        if keys:
-            run.cfg = {**run.cfg, **keys}
-            changed.append(f"{run.cfg['model']}/{run.cfg['regularizer']}: {mode}")
+        if mode in STEP_MODES:
+            run.cfg = {**run.cfg, **STEP_MODES[mode]}  # eager too: measured faster than the captured default
+            if mode != "eager":
+                changed.append(f"{run.cfg['model']}/{run.cfg['regularizer']}: {mode}")
     return sorted(set(changed))
 
 
 def prepare_configs(pending: Sequence[Planned], jobs: int, nproc: int = 1) -> List[Dict[str, Any]]:
     """Per-run execution settings (not part of the run's identity): CPU threads when several processes share the
-    CPU (``jobs`` runs at once, or one run's ``nproc`` DDP processes)."""
+    CPU (``jobs`` runs at once, or one run's ``nproc`` DDP processes), and as many DataLoader workers each."""
     import torch
+
+    from .. import data
     cfgs = []
     processes = jobs if nproc <= 1 else nproc  # DDP runs go one at a time
     for p in pending:
         cfg = dict(p.cfg)
         if processes > 1 and cfg["threads"] == 0 and not torch.cuda.is_available():
             cfg["threads"] = _cpu_threads(processes)
+        if cfg["workers"] == "auto" and processes > 1:  # the cores shared by the runs (or DDP ranks) at once
+            cfg["workers"] = data.loader_workers("auto", processes)
         cfgs.append(cfg)
     return cfgs
 

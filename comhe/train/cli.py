@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from . import config as config_lib
+from .devices import deterministic_environment
 from .interrupt import STOP, StopNow
 from .io_errors import disk_error
 from .records import RunLocked, run_name
@@ -90,14 +91,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 130
 
 
-
 def _main(args) -> int:
     try:  # keys, types and ranges are checked before validate reads the registries (torch): bad input answers at once
         cfg = config_lib.load(args.config, args.overrides)
     except config_lib.ConfigError as err:
         return _fail(str(err), 2)
+    if cfg["deterministic"]:  # before CUDA starts in this process: cuBLAS reads it once, at its first handle
+        deterministic_environment()
 
-    from . import distributed, engine
+    from . import devices, distributed, engine
     from .trainers import for_config
     from ..data import DatasetUnavailable
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_root) / run_name(cfg, args.label)
@@ -109,6 +111,11 @@ def _main(args) -> int:
                          "retrain it, or make <target> RETRAIN_DAMAGED=1)", 2)
         print(f"{run_dir}: already finished, not retrained")
         return 0
+    try:  # no silent CPU fallback: an NVIDIA GPU torch cannot use stops the run before anything is written
+        if cfg["device"] == "auto":
+            devices.check_auto()
+    except devices.DeviceUnusable as err:
+        return _fail(str(err), 2)
     try:  # before the data is loaded (maybe downloaded), and without creating the run directory itself
         RunDir(run_dir).check_writable()
     except OSError as err:
@@ -130,7 +137,8 @@ def _main(args) -> int:
     if ctx.is_main and args.progress != "none":
         use_bar = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
         report = tqdm_reporter(cfg["iterations"]) if use_bar else line_reporter(columns=trainer.columns)
-    if ctx.is_main:
+    if ctx.is_main:  # where it trains (the run's meta records the same line), then where its records go
+        print(devices.describe(setup.device)["device_line"], flush=True)
         print(f"run: {run_dir}", flush=True)
     if STOP.requested and not ctx.enabled:  # signalled while the data and model were prepared (DDP ranks agree on a
         distributed.shutdown(ctx)                   # stop inside the engine, at a step they all reach)

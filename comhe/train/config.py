@@ -62,8 +62,10 @@ DEFAULTS: Dict[str, Any] = {
     "amp": "auto",              # auto: bf16 autocast on CUDA (BN and the regulariser stay fp32); off; bf16
     "channels_last": "auto",    # auto: on for CUDA
     "compile": False,           # torch.compile the model and the regulariser's energy (first steps pay the compile)
-    "cuda_graph": False,        # capture the whole step (optimiser included) in CUDA graphs (steps.py)
-    "workers": 8,               # DataLoader workers per process (ImageNet only; CIFAR lives on the device)
+    "cuda_graph": "auto",       # capture the step (optimiser included) in CUDA graphs; auto: on single-process CUDA
+                                # runs, self-checked against the eager step first (steps.py; false: eager)
+    "workers": "auto",          # DataLoader workers per process (ImageNet only; CIFAR lives on the device); auto: the
+                                # cores over the runs at once, less one per run (data.loader_workers)
     "threads": 0,               # CPU threads for torch (0: auto, train/cpu.py: 1 for a graph run, else torch's default)
     "flush_subnormals": True,   # flush subnormal floats to zero on the CPU (x86 computes them tens of times
                                 # slower; train/cpu.py, docs/speed.md); false keeps them, PyTorch's default
@@ -82,7 +84,7 @@ IMAGE_ONLY = ("batch_size", "momentum", "nesterov", "wd_exclude_bn", "augment", 
               "optimizer", "lr_schedule", "lr_decay_every", "lr_min", "bn_schedule", "monitor_exclude")
 
 CHOICES = {"loss": ("official", "cross_entropy"), "amp": ("auto", "off", "bf16"),
-           "channels_last": ("auto", True, False)}
+           "channels_last": ("auto", True, False), "cuda_graph": ("auto", True, False)}
 OPEN_SECTIONS = ("data", "model_options", "reg")  # dict-valued: keys depend on the chosen dataset/model/regulariser
 
 
@@ -180,7 +182,7 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str = "") -
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}{where} must be a mapping, got {value!r}")
             out[key] = {**out.get(key, {}), **value}
-        elif key in CHOICES:  # e.g. channels_last: auto / true / false: checked against its choices in validate
+        elif key in CHOICES or key == "workers":  # e.g. channels_last: auto / true / false: checked in validate
             out[key] = value
         else:
             if not _type_ok(value, DEFAULTS[key]):
@@ -229,8 +231,10 @@ def validate(cfg: Mapping[str, Any], registries: bool = True) -> None:
 
     for key in ("iterations", "lr", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every"):
         positive(key)
-    for key in ("weight_decay", "momentum", "label_smoothing", "workers", "threads", "early_stopping"):
+    for key in ("weight_decay", "momentum", "label_smoothing", "threads", "early_stopping"):
         positive(key, allow_zero=True)
+    if cfg["workers"] != "auto" and (type(cfg["workers"]) is not int or cfg["workers"] < 0):
+        raise ConfigError(f"workers must be auto or an integer >= 0, got {cfg['workers']!r}")
     if not 0 < cfg["lr_decay"] <= 1:
         raise ConfigError(f"lr_decay must be in (0, 1], got {cfg['lr_decay']}")
     if list(cfg["milestones"]) != sorted(cfg["milestones"]) or any(m <= 0 for m in cfg["milestones"]):

@@ -63,7 +63,7 @@ to_device = _to_device  # public: benchmarks time batches laid out as the loop f
 
 def _state(s: Setup, iteration: int, window: Dict[str, torch.Tensor], best: Dict[str, float], elapsed: float):
     return {"iteration": iteration, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-            "regularizer": s.reg.state_dict(), "loader": s.loader.state_dict(), "rng": rng_state(),
+            "regularizer": s.reg.state_dict(), "loader": s.loader.state_dict(), "rng": rng_state(s.device),
             "window": {k: v.detach().cpu() for k, v in window.items()}, "best": dict(best), "elapsed": elapsed}
 
 
@@ -72,7 +72,7 @@ def _restore(s: Setup, state: Dict[str, Any]):
     s.optimizer.load_state_dict(state["optimizer"])
     s.reg.load_state_dict(state["regularizer"])
     s.loader.load_state_dict(state["loader"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], s.device)
     window = {k: v.to(s.device) for k, v in state["window"].items()}
     if s.ctx.enabled:  # a _global_window: rank 0 carries it, scaled back to the per-rank sums it is divided from
         window = {k: v * s.ctx.world_size if k in PER_STEP else v for k, v in window.items()} if s.ctx.is_main \
@@ -193,7 +193,7 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     if main:
         run.truncate_metrics(iteration)
         meta = {**environment(s.device), "seed": cfg["seed"], "world_size": s.ctx.world_size,
-                "resumed_from": iteration}
+                "resumed_from": iteration, **getattr(s.step, "meta", {})}  # step_mode, self-check, why it fell back
         run.write_meta({**run.read_meta(), **meta})
     start, start_iteration = time.perf_counter(), iteration
     # What a runner on another host sees (progress.py) and the optional TensorBoard log (tracking.py): rank 0 only.

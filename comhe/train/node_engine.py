@@ -159,7 +159,7 @@ def _state(s: NodeSetup, epoch: int, history: List[float], best: Dict[str, float
            finished: Optional[bool] = None):
     """``finished``: None while training; the final checkpoint records whether the run stopped early."""
     return {"iteration": epoch, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-            "regularizer": s.reg.state_dict(), "rng": rng_state(), "history": list(history), "best": dict(best),
+            "regularizer": s.reg.state_dict(), "rng": rng_state(s.device), "history": list(history), "best": dict(best),
             "elapsed": elapsed, "finished": finished}
 
 
@@ -217,7 +217,7 @@ def _train_locked(s: NodeSetup, run: RunDir, report) -> Dict[str, Any]:
         s.model.load_state_dict(state["model"])
         s.optimizer.load_state_dict(state["optimizer"])
         s.reg.load_state_dict(state["regularizer"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], s.device)
         epoch, history, best, elapsed = state["iteration"], list(state["history"]), dict(state["best"]), \
             float(state["elapsed"])
     run.truncate_metrics(epoch)

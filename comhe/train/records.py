@@ -244,7 +244,7 @@ def git_sha(repo: Path = REPO_ROOT) -> str:
 def environment(device) -> Dict[str, Any]:
     import torch
 
-    from . import cpu
+    from . import cpu, devices
 
     return {
         "git_sha": git_sha(),
@@ -257,4 +257,5 @@ def environment(device) -> Dict[str, Any]:
         "python": platform.python_version(),
         "command": " ".join(sys.argv),
         **cpu.execution(),  # threads and subnormal floats, measured (train/cpu.py)
+        **devices.describe(device),  # device_line (what the run printed), driver, GPU memory or CPU threads
     }
