@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 
@@ -47,7 +47,8 @@ REGULARIZERS = ["none", "mhe", "hs_mhe", "rp_comhe", "ap_comhe", "adv_comhe", "g
 MODELS = {"cnn9": {"model": "cnn9", "dataset": "cifar100"}, "resnet32": {"model": "resnet32", "dataset": "cifar100",
                                                                        "loss": "cross_entropy"}}
 # --self-test: the same code on the CPU at toy sizes, so the script's plumbing is tested without a GPU.
-SELF_TEST = {"model_options": {"cnn9": {"width": 0.5}, "resnet32": {}}, "train": 512, "test": 256, "batch": 16}
+SELF_TEST: Dict[str, Any] = {"model_options": {"cnn9": {"width": 0.5}, "resnet32": {}}, "train": 512, "test": 256,
+                             "batch": 16}
 
 
 def make_setup(model_key: str, regularizer: str, mode: str, bundle, batch: int = 128, self_test: bool = False):
@@ -67,7 +68,7 @@ def time_steps(setup, steps: int) -> float:
     """Seconds per step over ``steps`` steps (synchronised with the device at both ends), on batches laid out as the
     engine lays them out (channels_last on CUDA)."""
     lr = setup.cfg["lr"]
-    batches = [engine.to_device(*setup.loader.next_batch(), setup) for _ in range(4)]
+    batches = [engine.next_batch_on_device(setup) for _ in range(4)]
     sync(setup.device)
     start = time.perf_counter()
     for i in range(steps):
@@ -133,9 +134,11 @@ def step_table(bundle, models: List[str], regs: List[str], modes: List[str], ste
         t = statistics.median(times)
         base = samples.get((model_key, "none", mode)) or [float("nan")]
         achieved = flops[model_key] * batch / t
-        rows.append({"model": model_key, "regularizer": reg, "mode": mode, "batch": batch, "step_ms": 1e3 * t,
-                     "ratio_to_baseline": t / statistics.median(base), "images_per_s": batch / t,
-                     "mfu_percent": 100 * achieved / peak if peak else "", "error": ""})
+        row: Dict[str, Any] = {"model": model_key, "regularizer": reg, "mode": mode, "batch": batch,
+                               "step_ms": 1e3 * t, "ratio_to_baseline": t / statistics.median(base),
+                               "images_per_s": batch / t, "mfu_percent": 100 * achieved / peak if peak else "",
+                               "error": ""}
+        rows.append(row)
     return rows
 
 
@@ -162,11 +165,14 @@ def protocol_time(bundle, mode: str, step_ms: float, self_test: bool = False) ->
 
 def _ready(proc: subprocess.Popen, deadline: float) -> bool:
     """Whether ``proc`` printed READY before ``deadline`` (a ``time.time()``); never blocks past it."""
+    stdout = proc.stdout
+    if stdout is None:
+        raise ValueError("the worker was started without stdout=PIPE")
     while time.time() < deadline:
-        readable, _, _ = select.select([proc.stdout], [], [], max(deadline - time.time(), 0.0))
+        readable, _, _ = select.select([stdout], [], [], max(deadline - time.time(), 0.0))
         if not readable:
             break
-        line = proc.stdout.readline()
+        line = stdout.readline()
         if not line:  # exited
             return False
         if line.strip() == "READY":

@@ -163,7 +163,7 @@ class EpochStream:
 def upload(tensors: Sequence[Tensor], device: torch.device) -> List[Tensor]:
     """CPU ``tensors`` on ``device``, one copy per dtype (pinned on CUDA: asynchronous, and a fresh buffer per call is
     never overwritten while the copy runs); returned in their order and shapes."""
-    out: List[Optional[Tensor]] = [None] * len(tensors)
+    out: List[Tensor] = list(tensors)  # each entry replaced by its device copy below
     by_dtype: Dict[torch.dtype, List[int]] = {}
     for i, t in enumerate(tensors):
         by_dtype.setdefault(t.dtype, []).append(i)

@@ -78,7 +78,7 @@ def time_config(bundle, regularizer: str, mode: str, steps: int, seconds: float)
     cfg = config.resolve(base={"dataset": "cifar100", "model": "cnn9", "regularizer": regularizer,
                                "batch_size": 128, "device": str(device), "cuda_graph": mode == "cuda_graph"})
     s = engine.prepare(cfg, bundle=bundle)
-    batches = [engine.to_device(*s.loader.next_batch(), s) for _ in range(4)]
+    batches = [engine.next_batch_on_device(s) for _ in range(4)]
     warm = 5 if device.type == "cuda" else 1  # graph warm-up and capture; cuDNN autotuning
     for i in range(warm):
         s.step(*batches[i % 4], cfg["lr"])

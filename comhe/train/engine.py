@@ -61,6 +61,12 @@ def _to_device(x, y, s: Setup):
 to_device = _to_device  # public: benchmarks time batches laid out as the loop feeds them
 
 
+def next_batch_on_device(s: Setup) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The loader's next training batch, laid out on the device as the loop feeds it (benchmarks, doctor)."""
+    x, y = s.loader.next_batch()
+    return _to_device(x, y, s)
+
+
 def _state(s: Setup, iteration: int, window: Dict[str, torch.Tensor], best: Dict[str, float], elapsed: float):
     return {"iteration": iteration, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
             "regularizer": s.reg.state_dict(), "loader": s.loader.state_dict(), "rng": rng_state(s.device),
@@ -158,7 +164,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[Setup] = Non
     """Train (or resume, or skip) the run in ``run_dir``. Returns ``final.json``'s content."""
     run = RunDir(run_dir)
     if run.status() == "done":
-        return run.read_final()
+        return run.read_done()
     s = setup or prepare(cfg)
     if STOP.requested and not s.ctx.enabled:  # signalled while the data and model were prepared: write nothing
         raise Preempted(f"stopped by {STOP.signal_name()} before {run.path.name} started training")
@@ -181,7 +187,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[Setup] = Non
 def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     cfg = s.cfg
     if run.status() == "done":  # finished by another process while we waited for the data
-        return run.read_final()
+        return run.read_done()
     if main:
         run.remove_temp_files()  # left by a process killed inside a write; we hold the lock, nobody owns them
         run.write_config(cfg)
@@ -214,7 +220,7 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
         row = metrics_row(s, it, window, evaluate(s), clock())
         if row["test_error"] < best["test_error"]:
             best.update(test_error=row["test_error"], iteration=it)
-        if main:
+        if live is not None:  # rank 0
             run.append_metrics(row)
             live.update(it, row, force=True)
             if tracker is not None:
@@ -231,7 +237,8 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     nonfinite = torch.zeros((), device=s.device)
     with _StopRequest() as stop:
         while iteration < cfg["iterations"]:
-            x, y = _to_device(*s.loader.next_batch(), s)
+            x, y = s.loader.next_batch()
+            x, y = _to_device(x, y, s)
             if s.bn_momentum is not None:
                 s.bn_momentum(iteration)
             loss, correct, reg_loss = s.step(x, y, lr_at(cfg, iteration))
@@ -277,8 +284,8 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
 def _finish(s: Setup, run: RunDir, main: bool, iteration: int, best: Dict[str, float], seconds: float,
             diverged: bool, last_row: Optional[Dict[str, Any]], images_per_s: float = float("nan"),
             diverged_at: Optional[int] = None) -> Dict[str, Any]:
-    if last_row is None and not diverged:
-        rows = run.read_metrics()
+    if last_row is None:
+        rows = run.read_metrics() if not diverged else []
         last_row = {k: float(v) for k, v in rows[-1].items()} if rows else {}
     final = {
         "status": "diverged" if diverged else "finished",

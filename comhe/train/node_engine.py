@@ -181,27 +181,19 @@ def recorded_config(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _final(run: RunDir) -> Dict[str, Any]:
-    """A finished run's ``final.json`` (``status() == "done"`` says it exists)."""
-    final = run.read_final()
-    if final is None:
-        raise FileNotFoundError(f"{run.final_path} vanished after its run was seen finished")
-    return final
-
-
 def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[NodeSetup] = None,
           report: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Train (or resume, or skip) the node run in ``run_dir``. Returns ``final.json``'s content."""
     run = RunDir(run_dir)
     if run.status() == "done":
-        return _final(run)
+        return run.read_done()
     s = setup or prepare(cfg)
     if STOP.requested:  # signalled while the graph and model were prepared: write nothing
         raise Preempted(f"stopped by {STOP.signal_name()} before {run.path.name} started training")
     run.lock()  # raises RunLocked when another process trains it
     try:
         if run.status() == "done":  # finished by another process while we loaded the graph
-            return _final(run)
+            return run.read_done()
         return _train_locked(s, run, report)
     finally:
         run.unlock()

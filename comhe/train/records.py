@@ -186,6 +186,13 @@ class RunDir:
             final.pop(seal.SEAL_KEY, None)
         return final
 
+    def read_done(self) -> Dict[str, Any]:
+        """A finished run's final.json (``status() == "done"`` said it exists); raises if it vanished since."""
+        final = self.read_final()
+        if final is None:
+            raise FileNotFoundError(f"{self.final_path} vanished after its run was seen finished")
+        return final
+
     def read_metrics(self) -> List[Dict[str, str]]:
         if not self.metrics_path.exists():
             return []

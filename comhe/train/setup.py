@@ -8,7 +8,7 @@ SyncBatchNorm (CUDA only) around the model, the regulariser on the unwrapped mod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -58,7 +58,8 @@ def resolve_device(cfg: Mapping[str, Any], ctx: distributed.DistContext) -> torc
 def param_groups(model: nn.Module, weight_decay: float, exclude_bn: bool):
     if not exclude_bn:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+    decay: List[nn.Parameter] = []
+    no_decay: List[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.dim() <= 1 else decay).append(p)
@@ -93,12 +94,14 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
     channels_last = channels_last and bundle.kind != "points"  # a memory format of 4-d images; points are [B, 3, N]
     if ctx.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model = model.to(device)
+    if channels_last:  # parameters only: Module.to's memory_format applies to 4-D tensors
+        model = model.to(memory_format=torch.channels_last)
     reg_options = dict(cfg["reg"])
     if "seed" in regularizers.option_defaults(cfg["regularizer"]):
         reg_options.setdefault("seed", cfg["seed"])  # the same projections on every DDP rank
     reg = regularizers.build(cfg["regularizer"], model, **reg_options)
-    net = model
+    net: Any = model  # the module the step calls: model, its DDP wrapper, or the compiled one
     if ctx.enabled:
         net = nn.parallel.DistributedDataParallel(model, **distributed.ddp_options(device))
     mode = steps.choose_mode(cfg, device, ctx.enabled)

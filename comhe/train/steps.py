@@ -118,7 +118,8 @@ class GraphStep(EagerStep):
                 out = super().run(x, y, lr)
             main.wait_stream(self.side)
             self.done += 1
-            return tuple(t.clone() for t in out)
+            loss, correct, reg_loss = out
+            return loss.clone(), correct.clone(), reg_loss.clone()
         if self.static_x is None:
             self.static_x, self.static_y = x.clone(), y.clone()
         self.static_x.copy_(x)
@@ -131,7 +132,8 @@ class GraphStep(EagerStep):
         with torch.cuda.device(self.device):
             self.graphs[lr].replay()
         self.done += 1
-        return tuple(t.clone() for t in self.outputs[lr])
+        loss, correct, reg_loss = self.outputs[lr]
+        return loss.clone(), correct.clone(), reg_loss.clone()
 
     __call__ = run
 

@@ -226,7 +226,7 @@ def test_a_graph_on_the_second_card_trains(tmp_path):
     s = engine.prepare(cfg_for(tmp_path, device="cuda:1", cuda_graph=True, amp="off"))
     before = {k: v.detach().clone() for k, v in s.model.named_parameters()}
     for _ in range(6):
-        s.step(*engine.to_device(*s.loader.next_batch(), s), 0.02)
+        s.step(*engine.next_batch_on_device(s), 0.02)
     assert s.step.mode == "cuda_graph" and s.step.inner.graphs
     assert all(not torch.equal(before[k], v) for k, v in s.model.named_parameters() if v.dim() > 1)
 
