@@ -51,8 +51,8 @@ def _imagenet_bundle(name: str, top: Path, device: torch.device, image_size: int
         """An unbounded, resumable stream of batches (``LoaderStream``) over this rank's shard of each epoch."""
         data = train if augment else plain_train
         # DistributedSampler also for one process: the order is a function of (seed, epoch) only.
-        sampler: DistributedSampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                     drop_last=True)
+        sampler: DistributedSampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True,
+                                                         seed=seed, drop_last=True)
         return LoaderStream(data, batch_size, sampler, seed, **loader_args)
 
     def test_loader(batch_size: int, rank: int = 0, world_size: int = 1):

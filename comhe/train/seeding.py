@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -56,7 +56,8 @@ def _cuda_index(device) -> Optional[int]:
 def rng_state(device=None) -> Dict[str, Any]:
     """Python, NumPy and torch CPU RNG states, and the CUDA RNG state of the run's ``device`` (none on the CPU)."""
     version, keys, gauss = random.getstate()
-    np_state: Tuple[Any, ...] = np.random.get_state(legacy=True)  # (name, keys, pos, has_gauss, cached_gaussian)
+    # legacy=True: the (name, keys, pos, has_gauss, cached_gaussian) tuple (NumPy's stubs give a union for any flag)
+    np_state = cast(Tuple[Any, ...], np.random.get_state(legacy=True))
     state = {
         "python": [version, list(keys), gauss],
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
