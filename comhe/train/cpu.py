@@ -12,7 +12,7 @@ created (at the process's first parallel op): ``configure`` runs before the run'
 
 Threads (``threads``, default 0 = auto). A full-batch GCN on a citation graph is too small to gain from a second
 thread and, on a shared machine, loses many times over to it (OpenMP threads wait for a busy core: the same Cora
-runs took 102-138 s each on 2 threads, 7-9 s on 1, back to back at load ~12; BENCHMARKS.md §8): graph runs take 1
+runs took 128 s median on 2 threads, 9.2 s on 1, back to back at load ~12; BENCHMARKS.md §8): graph runs take 1
 thread. Image and point-cloud runs keep torch's default, one per core (CNN-9 at 1/8 width: 1.8x faster on 2 quiet
 cores than on 1). ``OMP_NUM_THREADS``, where set, is followed by every run; ``threads=N`` sets N for any run.
 """
