@@ -18,9 +18,10 @@ cores than on 1). ``OMP_NUM_THREADS``, where set, is followed by every run; ``th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import torch
 
@@ -34,6 +35,19 @@ def default_threads(graph: bool) -> int:
     if _DEFAULT_THREADS is None:
         _DEFAULT_THREADS = torch.get_num_threads()
     return 1 if graph and not os.environ.get("OMP_NUM_THREADS") else _DEFAULT_THREADS
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a block on the calling thread alone. torch creates its intra-op threads at the process's first parallel op,
+    and each copies the subnormal setting of that moment: work done before a run is prepared (``config`` builds every
+    model once to check its options) must not create them, or the run's setting would reach the main thread only."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def subnormal_state() -> str:
