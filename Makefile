@@ -15,7 +15,7 @@ help:
 	@echo "make fig3          the GCN lambda sweep on Cora (validation and test accuracy against lambda)"
 	@echo "make tables        every table; make figures: every figure"
 	@echo "make report        render every table and figure, train nothing; results/SCORECARD.md: every claim"
-	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes)"
+	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes) -> results/smoke/"
 	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~15 min)"
 	@echo "make readme        the README's tables and figures (demo, GCN on Cora, its sweep) from HEAD -> docs/readme/"
 	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 (default: 1 on CPU; on CUDA bench-gpu's best)"
@@ -23,8 +23,11 @@ help:
 	@echo "           COLUMNS=Cora (only these columns; the table shows the others as not run, with why)"
 	@echo "           LAUNCHER=local|slurm SLURM='slurm_partition=gpu timeout_min=600'"
 	@echo "           RUNNING=1 (tables also count runs still training, marked)"
-	@echo "           RESULTS=results FIGURES=figures (default with RESULTS=dir: dir/figures), and config overrides"
+	@echo "           RETRAIN_DAMAGED=1 (retrain finished runs whose records are damaged; see make verify)"
+	@echo "           RESULTS=results FIGURES=figures (default with RESULTS=dir: dir/figures; PROFILE=smoke|quick:"
+	@echo "           results/smoke|quick), COMHE_DATA=dir (data root) COMHE_OFFLINE=1 (no downloads), and config overrides"
 	@echo "           as key=value (lr=0.05 reg.proj_dim=30) or ARGS='key=value ...'"
+	@echo "make verify        check every run record of RESULTS against its checksums; names damaged files, exit 1"
 	@echo "make test          CPU test suite (creates $(VENV) on first use)"
 	@echo "make bench         regulariser op counts, CPU timings, engine CPU throughput (BENCHMARKS.md)"
 	@echo "make bench-gpu     step times, MFU and the best JOBS on this CUDA card -> $(RESULTS)/bench/"
@@ -41,8 +44,15 @@ $(STAMP): requirements/ci.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Lint, types, then the tests under coverage (child processes included: runner workers, `python -m comhe.train`,
+# torchrun ranks). The coverage table lists the lines no test runs; CUDA-only lines are marked `pragma: cuda`.
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m ruff check --quiet comhe tests
+	$(PYTHON) -m mypy
+	rm -f .coverage .coverage.*
+	$(PYTHON) -m coverage run -m pytest -q
+	$(PYTHON) -m coverage combine --quiet
+	$(PYTHON) -m coverage report
 
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
@@ -62,7 +72,7 @@ bench-gpu:
 	PYTHONPATH=. $(if $(wildcard $(PYTHON)),$(PYTHON),python3) -m comhe.bench.gpu --out $(RESULTS)/bench $(ARGS)
 
 clean:
-	rm -rf .pytest_cache build *.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* build *.egg-info
 
 # ---- reproduction: run experiments/<target>.yaml -> collect run records -> render tables and figures ----------------
 PROFILE  ?= paper
@@ -78,19 +88,25 @@ ARGS     ?=
 TABLE_COLUMNS = $(if $(filter command line,$(origin COLUMNS)),$(COLUMNS))
 # Command-line assignments that are not this Makefile's own (upper-case) variables are config overrides:
 # `make table1 lr=0.05 reg.proj_dim=30` passes `lr=0.05 reg.proj_dim=30` to the runner.
-OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV PYTHON STAMP COLUMNS
+# COMHE_DATA / COMHE_OFFLINE are environment variables of the runs (make exports command-line variables to recipes).
+OWN_VARS  := PROFILE SEEDS JOBS NPROC DRY COLLECT RUNNING RETRAIN_DAMAGED LAUNCHER SLURM RESULTS FIGURES ARGS PY VENV \
+             PYTHON STAMP COLUMNS COMHE_DATA COMHE_OFFLINE
 SPACE     := $(subst ,, )
 CMDLINE   := $(subst $$$$,$$,$(subst \$(SPACE),^,$(MAKEOVERRIDES)))  # make escapes a space as "\ ", a $ as $$
 Q         := '
+# RESULTS only when given (command line or environment): else the runner's default, results/ for the paper profile
+# and results/<profile> for smoke and quick, so that a smoke run never replaces a real table.
+RESULTS_FLAG = $(if $(filter-out file default,$(origin RESULTS)),--results $(RESULTS))
 # Each override is one single-quoted shell word; a ' inside it is written '\'' so that no value can end the quoting.
 OVERRIDES := $(foreach a,$(CMDLINE),$(if $(filter $(OWN_VARS),$(firstword $(subst =, ,$(a)))),,'$(subst $(Q),$(Q)\$(Q)$(Q),$(subst ^,$(SPACE),$(a)))'))
 RUN_FLAGS  = --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS)) --nproc $(NPROC) --launcher $(LAUNCHER) \
-             --results $(RESULTS) $(if $(FIGURES),--figures $(FIGURES)) $(if $(RUNNING),--running) \
+             $(RESULTS_FLAG) $(if $(FIGURES),--figures $(FIGURES)) $(if $(RUNNING),--running) \
+             $(if $(RETRAIN_DAMAGED),--retrain-damaged) \
              $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DRY),--dry-run) $(if $(COLLECT),--collect-only) $(OVERRIDES) $(ARGS) \
              $(if $(SLURM),--slurm $(SLURM)) $(if $(TABLE_COLUMNS),--columns '$(TABLE_COLUMNS)')
 EXPERIMENTS := table1 table2 table3 table4 table5 table6 table7 table8 table9 table10 table11 fig1 fig2 fig3
 
-.PHONY: $(EXPERIMENTS) tables figures report smoke demo readme
+.PHONY: $(EXPERIMENTS) tables figures report smoke demo readme verify
 
 $(EXPERIMENTS): $(STAMP)
 	$(PYTHON) -m comhe.run $@ $(RUN_FLAGS)
@@ -104,6 +120,10 @@ figures: $(STAMP)
 # Every table and figure from the run records, and results/SCORECARD.md (+ figures/scorecard.png): every claim.
 report: $(STAMP)
 	$(PYTHON) -m comhe.run all $(RUN_FLAGS) --collect-only
+
+# Every run record of $(RESULTS)/runs against its checksums (record.sha256): damaged files named, exit 1 if any.
+verify: $(STAMP)
+	$(PYTHON) -m comhe.run verify --results $(RESULTS)
 
 # Every table and figure, CPU, synthetic data in the real formats, 2 seeds: every code path in a few minutes.
 smoke: JOBS = 2
@@ -140,5 +160,5 @@ readme: $(STAMP)
 
 # A mistyped target (make tabel1) gets one line with the valid ones instead of make's bare "No rule to make target".
 .DEFAULT:
-	$(error unknown target '$@'; valid: $(EXPERIMENTS) tables figures report smoke demo readme test test-slow bench \
+	$(error unknown target '$@'; valid: $(EXPERIMENTS) tables figures report smoke demo readme verify test test-slow bench \
 	bench-gpu help clean; options are NAME=value (make help))

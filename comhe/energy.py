@@ -88,7 +88,7 @@ def canonical_power(s: Power) -> Power:
         s = int(s)
     if isinstance(s, str):
         s = s.strip().lower()
-    if s not in PAIR_TERMS:
+    if not isinstance(s, (int, str)) or s not in PAIR_TERMS:  # (a list is not hashable: no ``in`` before this)
         raise ValueError(f"unknown power s={s!r}; valid: {', '.join(map(str, POWERS))}")
     return s
 

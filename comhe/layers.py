@@ -95,7 +95,8 @@ Patterns = Union[None, str, Iterable[str]]
 def excluded_names(names: Sequence[str], exclude: Patterns) -> List[str]:
     """The names matched by the ``fnmatch`` patterns ``exclude`` (a string or several). Raises ``ValueError`` for a
     pattern that matches nothing, naming the valid names."""
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    iterable = isinstance(exclude, (list, tuple, set, frozenset)) or exclude is None
+    patterns = [exclude] if isinstance(exclude, str) or not iterable else list(exclude or ())
     if not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"exclude must be module-name patterns (strings), got {exclude!r}")
     out: List[str] = []
@@ -204,8 +205,10 @@ def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Pat
 
 
 def left_out(model: nn.Module, chosen: Sequence[Layer], exclude: Patterns = None,
-             which: str = "both") -> List[Tuple[str, str]]:
-    """``(parameter name, why it is not regularised)`` for every parameter of ``model`` that no chosen layer holds."""
+             which: str = "both", frozen: Iterable[str] = ()) -> List[Tuple[str, str]]:
+    """``(parameter name, why it is not regularised)`` for every parameter of ``model`` that no chosen layer holds;
+    ``frozen``: the names of layers left out because their weight does not require a gradient."""
+    frozen = set(frozen)
     model = unwrap(model)
     held = {id(layer.weight) for layer in chosen}
     names = [n for n, m in model.named_modules() if isinstance(m, REGULARISABLE) and getattr(m, "weight", None)
@@ -217,7 +220,10 @@ def left_out(model: nn.Module, chosen: Sequence[Layer], exclude: Patterns = None
             if id(param) in held:
                 continue
             full = f"{module_name}.{param_name}" if module_name else param_name
-            out.append((full, _reason(module, module_name, param_name, excluded, which)))
+            why = ("frozen (requires_grad=False): include_frozen=True keeps it"
+                   if module_name in frozen and param_name == "weight" else
+                   _reason(module, module_name, param_name, excluded, which))
+            out.append((full, why))
             held.add(id(param))  # a parameter shared by two modules is listed once
     return out
 
@@ -243,8 +249,8 @@ def _reason(module: nn.Module, name: str, param: str, excluded: set, which: str)
 
 def select(layers: Sequence[Layer], which: str) -> List[Layer]:
     """Keep the layers of a layer set: ``"both"`` (all), ``"hidden"`` (input + hidden), ``"output"``."""
-    if which not in LAYER_SETS:
-        raise ValueError(f"unknown layer set {which!r}; valid: {', '.join(LAYER_SETS)}")
+    if not isinstance(which, str) or which not in LAYER_SETS:
+        raise ValueError(f"unknown layer set layers={which!r}; valid: {', '.join(LAYER_SETS)}")
     return [layer for layer in layers if layer.role in LAYER_SETS[which]]
 
 

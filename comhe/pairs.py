@@ -67,7 +67,24 @@ def plan_blocks(buckets: Sequence, term: Callable[[int], Tuple[int, bool, float]
     return blocks, offset
 
 
-class PairPlan(nn.Module):
+class ExactConstants(nn.Module):
+    """A module whose floating constants (loss weights) are rebuilt from their exact values at every conversion: a
+    regulariser built for float32 weights and then moved to float64 (``model.double()``) gets the float64 constants,
+    not float32 roundings of them (``1 / 15`` in float32 is off by 1e-8)."""
+
+    def register_constant(self, name: str, values: List[float], dtype: torch.dtype, device: torch.device) -> None:
+        self.__dict__.setdefault("_exact", {})[name] = list(values)
+        self.register_buffer(name, torch.tensor(values, dtype=dtype, device=device), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name, values in self.__dict__.get("_exact", {}).items():
+            now = self._buffers[name]
+            self._buffers[name] = torch.tensor(values, dtype=now.dtype, device=now.device)
+        return self
+
+
+class PairPlan(ExactConstants):
     """The packed entries of ``blocks``: index buffers on ``device`` (not in ``state_dict``), built when first needed
     (``indices``) if the plan is ``chunked`` there, else at once.
 
@@ -105,10 +122,9 @@ class PairPlan(nn.Module):
             self.copies[blk.layer] = self.copies.get(blk.layer, 0) + 1
         self.register_buffer("segment_length", torch.tensor([seg[0] for seg in segments], dtype=torch.long,
                                                             device=device), persistent=False)
-        self.register_buffer("segment_coef", torch.tensor([seg[1] * self.blocks[seg[2]].weight for seg in segments],
-                                                          dtype=dtype, device=device), persistent=False)
-        self.register_buffer("block_weight", torch.tensor([blk.weight for blk in self.blocks], dtype=dtype,
-                                                          device=device), persistent=False)
+        self.register_constant("segment_coef", [seg[1] * self.blocks[seg[2]].weight for seg in segments], dtype,
+                               device)
+        self.register_constant("block_weight", [blk.weight for blk in self.blocks], dtype, device)
         self._cpu_coefficients = None  # (key, coef [X]): see ``coefficients``
         self._chunks: Dict[tuple, tuple] = {}
         self.cpu_chunked = self.num_entries > PACKED_CPU_ENTRIES

@@ -6,6 +6,9 @@ whole T-Nets excluded (what regularising their other layers costs). The goal of 
 1.5x the baseline step with the transform layers excluded.
 
     python -m comhe.bench.points [--device cpu|cuda] [--steps 2] [--rounds 3] [--models pointnet,pointnet_tnet]
+
+PointNet++ (the table's PN++) is ``--models pointnet2_ssg`` (not in the default list: its CPU step is ~8x PointNet's;
+``--regularizers none`` times the baseline alone).
 """
 from __future__ import annotations
 

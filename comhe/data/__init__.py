@@ -4,7 +4,7 @@
 module              what
 ==================  ===============================================================================
 ``bundle.py``       ``DataBundle`` (what the engine trains on), the ``DATASETS`` registry, ``build``
-``cifar.py``        ``cifar10``, ``cifar100``, ``synthetic`` (tiny CIFAR in the real format)
+``cifar.py``        ``cifar10``, ``cifar100``, ``synthetic`` (tiny CIFAR, real format; ``pickles.py`` reads them)
 ``fashion_mnist.py````fashion_mnist``
 ``imagenet.py``     ``imagenet``, ``synthetic_imagenet``
 ``planetoid.py``    ``cora``, ``citeseer``, ``pubmed``, ``synthetic_planetoid`` (graphs; ``pickles.py`` reads them)
@@ -14,7 +14,7 @@ module              what
 ``modelnet.py``     ``modelnet40``, ``synthetic_modelnet40`` (HDF5 point clouds; h5py: the ``points`` extra)
 ``points.py``       point-cloud batches and the PointNet / PointNet++ augmentations on the device
 ``synthetic_points.py`` point clouds written in the ModelNet-40 HDF5 layout
-``archives.py``     safe archive extraction
+``archives.py``     safe archive extraction: bounded, one release folder, extracted aside and moved into place
 ==================  ===============================================================================
 
 This layer imports the library's ``registry`` and nothing of models, training or the suite.

@@ -2,6 +2,7 @@
 projection of a bucket's neurons, the layer order of the draws."""
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional, Sequence
 
 import torch
@@ -46,7 +47,7 @@ def shape_major(stacker: Stacker, indices: Sequence[int]) -> List[int]:
 
 def _check_positive(**values: int) -> None:
     for key, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
 
 
@@ -63,7 +64,7 @@ class Projection(nn.Module):
     def __init__(self, proj_dim: int, num_proj: int):
         super().__init__()
         _check_positive(proj_dim=proj_dim, num_proj=num_proj)
-        self.proj_dim, self.num_proj = proj_dim, num_proj
+        self.proj_dim, self.num_proj = int(proj_dim), int(num_proj)  # (a NumPy integer is welcome, stored as int)
         self.buckets: List[int] = []
 
     def applies_to(self, fan_in: int) -> bool:

@@ -4,6 +4,7 @@ autograd graph. The definitions are in the package docstring (docs/reference.md 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -26,9 +27,9 @@ class LearnedProjection(Projection):
         # fixed_lr: the inner steps and the look-ahead use ``lr`` whatever the network's rate (under Adam at 1e-3
         # the official "network's current LR" would barely move P); default: the network's, as the official code.
         self.fixed_lr = bool(fixed_lr)
-        if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
+        if not isinstance(iters, numbers.Integral) or isinstance(iters, bool) or iters < 0:
             raise ValueError(f"proj_iters must be an integer >= 0, got {iters!r}")
-        self.iters, self.lr, self.weight_decay, self.eps = iters, float(lr), float(weight_decay), eps
+        self.iters, self.lr, self.weight_decay, self.eps = int(iters), float(lr), float(weight_decay), eps
 
     def step_lr(self, lr: Optional[float]) -> float:
         """The learning rate of the inner steps and the look-ahead: the network's (``reg(lr=...)``), else ``lr``;

@@ -3,7 +3,8 @@
 A run config is a YAML mapping merged onto ``DEFAULTS``. Overrides (``python -m comhe.train cfg.yaml lr=0.05
 reg.proj_dim=30``) are parsed as YAML scalars and must match the type of the default they replace; an unknown key
 fails with the closest valid keys. ``reg.*``, ``model_options.*`` and ``data.*`` are checked against the options the
-chosen regulariser, model and dataset accept. YAML is only ever read with ``yaml.safe_load``.
+chosen regulariser, model and dataset accept. YAML is only ever read with ``inputs.BoundedLoader`` (``yaml.SafeLoader``
+without aliases, its depth bounded); numbers are checked finite and in range before any registry (torch) is imported.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping
 
 import yaml
+
+from . import inputs, signatures
 
 DEFAULTS: Dict[str, Any] = {
     # --- what is trained
@@ -192,10 +195,10 @@ def parse_override(text: str) -> tuple:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (e.g. lr=0.05 or reg.proj_dim=30)")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {key}: cannot parse {raw!r} ({err.__class__.__name__})") from None
+    try:  # the bounded loader: no aliases, bounded depth (inputs.py)
+        value = inputs.parse_yaml(raw, "value", ValueError) if raw.strip() else ""
+    except ValueError as err:
+        raise ConfigError(f"override {key}: cannot parse {raw!r} ({err})") from None
     return key.strip(), value
 
 
@@ -215,8 +218,12 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> Dict[st
     return out
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Range checks and the open sections' keys and types. Raises ``ConfigError`` with one clear line."""
+def validate(cfg: Mapping[str, Any], registries: bool = True) -> None:
+    """Range checks and the open sections' keys and types. Raises ``ConfigError`` with one clear line.
+
+    ``registries=False``: only the checks that need no registry (so no torch): the command lines run them on every
+    cell first, so that a bad value is reported in a fraction of a second, not after torch's import."""
+    inputs.check_values(cfg, ConfigError)  # first, and without torch: finite numbers, seeds, class counts
     def positive(key: str, allow_zero: bool = False) -> None:
         value = cfg[key]
         if value < 0 or (value == 0 and not allow_zero):
@@ -233,6 +240,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key, choices in CHOICES.items():  # by value and type: 1 is not True
         if not any(cfg[key] == c and type(cfg[key]) is type(c) for c in choices):
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {cfg[key]!r}")
+    misspelt = signatures.problem(cfg)  # option and registry names, read from the source: no torch yet
+    if misspelt:
+        raise ConfigError(misspelt)
+    if not registries:  # what follows reads the registries (models, regularisers, datasets, optimisers): torch
+        return
     from . import optim
     try:
         optim.check(cfg)
@@ -279,22 +291,13 @@ def _check_task_keys(cfg: Mapping[str, Any]) -> None:
 _SECTION_OWNER = {"reg": "regularizer", "model_options": "model", "data": "dataset"}
 
 
-def yaml_error(path: Path, err: yaml.YAMLError) -> str:
-    """One line: the file, the line and column, and what the parser expected."""
-    mark = getattr(err, "problem_mark", None)
-    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return f"{path}:{where} is not valid YAML ({getattr(err, 'problem', None) or err})"
+yaml_error = inputs.yaml_error  # one line: the file, the line and column, and what the parser expected
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     """DEFAULTS <- the YAML file <- overrides, validated and normalized."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(yaml_error(path, err)) from None
+    raw = inputs.read_yaml(path, ConfigError, "config file") or {}  # UTF-8, bounded size and depth, no aliases
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     cfg = apply_overrides(merge(DEFAULTS, raw, f" in {path}"), overrides)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -74,7 +75,7 @@ def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
     Without SyncBatchNorm (CPU) every other rank holds its own update of them after a step."""
     if not ctx.enabled:
         return
-    by_dtype = {}
+    by_dtype: Dict[Tuple[torch.dtype, torch.device], List[torch.Tensor]] = {}
     for buffer in module.buffers():
         by_dtype.setdefault((buffer.dtype, buffer.device), []).append(buffer)
     for buffers in by_dtype.values():

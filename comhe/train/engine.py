@@ -17,7 +17,6 @@ recorded as diverged with the first non-finite iteration (``final.json``: ``dive
 from __future__ import annotations
 
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -29,6 +28,7 @@ from .progress import ProgressRecord
 from ..energy import layer_energies
 from ..layers import find_layers
 from .optim import lr_at  # noqa: F401  (engine.lr_at: also this module's public name)
+from .interrupt import STOP, STOP_SIGNALS, StopNow, StopState  # noqa: F401  (engine.STOP_SIGNALS: the launchers')
 from .records import RunDir, RunLocked, environment
 from .seeding import rng_state, set_rng_state
 from .setup import Setup, prepare  # noqa: F401  (engine.prepare is the public name)
@@ -100,7 +100,7 @@ def _global_window(window: Dict[str, torch.Tensor], ctx: distributed.DistContext
 CHECK_EVERY = 20  # iterations between host checks for a non-finite loss and, under DDP, agreements on a stop
 
 
-def _agree(stop: "_StopRequest", nonfinite: torch.Tensor, s: Setup) -> Tuple[bool, int]:
+def _agree(stop: StopState, nonfinite: torch.Tensor, s: Setup) -> Tuple[bool, int]:
     """(stop now, non-finite steps since the last check), the same on every rank: one host sync (and under DDP one
     all-reduce, MAX). A stop signal may reach one rank only, or the ranks at different iterations; they must decide
     together, else the others would wait in the next step's all-reduce forever. The flag goes to the device as a
@@ -143,34 +143,10 @@ def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_
     return row
 
 
-# Signals that ask the loop to checkpoint and exit; the relaunch resumes. SIGTERM: kill, scancel, SLURM preemption,
-# torchrun stopping its workers, a dead runner's workers (PR_SET_PDEATHSIG); SIGUSR1: a common `sbatch --signal`;
-# SIGUSR2: submitit's preemption / time-out signal (`--signal=USR2@90`), which comhe.suite.launchers re-raises to
-# submitit once the checkpoint is written, so that submitit requeues the job.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-
-class _StopRequest:
-    """Any of ``STOP_SIGNALS`` asks the loop to checkpoint and exit (``Preempted``); the relaunch resumes."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in STOP_SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+def _StopRequest():
+    """The process's stop state (``interrupt.STOP``) handling ``STOP_SIGNALS`` while a run trains: a first signal asks
+    the loop to checkpoint and exit (``Preempted``; the relaunch resumes), a second Ctrl-C stops at once."""
+    return STOP.handling("the run in progress checkpoints and stops")
 
 
 class Preempted(RuntimeError):
@@ -184,6 +160,8 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[Setup] = Non
     if run.status() == "done":
         return run.read_final()
     s = setup or prepare(cfg)
+    if STOP.requested and not s.ctx.enabled:  # signalled while the data and model were prepared: write nothing
+        raise Preempted(f"stopped by {STOP.signal_name()} before {run.path.name} started training")
     main = s.ctx.is_main
     held_by_other = None
     if main:

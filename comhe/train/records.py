@@ -7,13 +7,15 @@ A run directory holds::
                    test_error, hidden_energy, energy/<layer>..., seconds)
     final.json     written once, at the end: status (finished | diverged), final and best test error, ...
     meta.json      git sha, torch / CUDA versions, device, seed, host, command, wall time
+    record.sha256  the seal, written just before final.json: the SHA-256 of the four files above (seal.py)
     checkpoints/   see checkpoint.py
     progress.json  the live progress record, rewritten every few seconds while training (progress.py)
     tensorboard/   TensorBoard event files, with ``tensorboard=true`` only (tracking.py)
     .lock          held (flock) by the process training the run
 
 Every file is written atomically (temporary file + rename), so a reader never sees half a record, and a run killed at
-any point leaves either the old or the new version of each file.
+any point leaves either the old or the new version of each file. A finished run is never written again; its seal
+(``verify``) tells a damaged or edited record from a good one.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import yaml
 
 from . import config as config_lib
+from . import seal
 
 # How a run is executed or observed, not what it computes: left out of its hash.
 RUN_ID_IGNORES = ("device", "amp", "channels_last", "compile", "cuda_graph", "workers", "threads", "data_root",
@@ -164,10 +167,24 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def write_final(self, final: Mapping[str, Any]) -> None:
-        atomic_write(self.final_path, json.dumps(final, indent=2, default=float))
+        """Seal the run: the manifest of its records (``seal.py``), then final.json, each atomically. Call last."""
+        text = json.dumps({**final, seal.SEAL_KEY: seal.MANIFEST}, indent=2, default=float)
+        atomic_write(self.path / seal.MANIFEST, seal.manifest_text(self.path, text.encode()))
+        atomic_write(self.final_path, text)
+
+    def verify(self) -> seal.Verdict:
+        """``sealed`` | ``unverified`` | ``damaged`` (``.problem`` names the file) | ``unfinished``: ``seal.verify``."""
+        return seal.verify(self.path)
 
     def read_final(self) -> Optional[Dict[str, Any]]:
-        return json.loads(self.final_path.read_text()) if self.final_path.exists() else None
+        """final.json as written (the seal's marker left out: a detail of the record, not a result); None if absent.
+        Raises ``ValueError`` for a damaged file: check ``verify()`` first."""
+        if not self.final_path.exists():
+            return None
+        final = json.loads(self.final_path.read_text())
+        if isinstance(final, dict):
+            final.pop(seal.SEAL_KEY, None)
+        return final
 
     def read_metrics(self) -> List[Dict[str, str]]:
         if not self.metrics_path.exists():

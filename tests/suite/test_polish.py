@@ -49,7 +49,7 @@ def test_the_resume_hint_is_said_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "train", stopped)
     code = run.main(["table1", "--profile", "smoke", "--results", str(tmp_path / "r"), "--no-figures"])
     err = capsys.readouterr().err
-    assert code == 143 and err.count("resume") == 1 and "relaunch" not in err
+    assert code == 130 and err.count("resume") == 1 and "relaunch" not in err
 
 
 def test_comhe_train_prints_the_run_line_first_and_no_nan_at_iteration_0(tmp_path, capsys):

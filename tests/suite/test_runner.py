@@ -62,10 +62,13 @@ def test_make_table1_smoke_end_to_end(tmp_path, monkeypatch):
                    **git)
     out = make("table1", "PROFILE=smoke", tmp_path=tmp_path, cwd=clone, outputs_in_tmp=False)
     assert subprocess.run(["git", "status", "--porcelain"], **git).stdout == ""   # a user's run dirties nothing
-    results, runs_root = clone / "results", clone / "results" / "runs"
+    # smoke never writes where the real tables are (issue 20): results/smoke/, figures included, and it says so
+    results, runs_root = clone / "results" / "smoke", clone / "results" / "smoke" / "runs"
+    assert "profile smoke: tables, runs and figures go to results/smoke/" in out
+    assert not (clone / "results" / "table1.md").exists() and not (clone / "figures").exists()
     for ext in ("csv", "md", "tex"):
         assert (results / f"table1.{ext}").stat().st_size > 500
-    assert (clone / "figures" / "table1.png").stat().st_size > 5000
+    assert (results / "figures" / "table1.png").stat().st_size > 5000
     table = pd.read_csv(results / "table1.csv")
     assert len(table) == 30 and set(table["status"]) == {"done"}          # 5 methods x 3 depths x 2 smoke seeds
     assert table["final_test_error"].between(0, 100).all() and set(table["dataset"]) == {"synthetic"}
