@@ -78,7 +78,7 @@ PAIR_TERMS: Dict[Power, Callable[[Tensor], Tensor]] = {
 POWERS = tuple(PAIR_TERMS)
 
 
-def canonical_power(s: Power) -> Power:
+def canonical_power(s: object) -> Power:
     """``0, 1, 2`` (int or str) or ``"a0", "a1", "a2"``; anything else raises ``ValueError`` listing the valid ones."""
     if isinstance(s, bool):  # bool is an int subclass; True is not a power
         s = str(s)

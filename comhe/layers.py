@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 REGULARISABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+Regularisable = Union[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear]
 ROLES = ("input", "hidden", "output")
 LAYER_SETS = {"both": ("input", "hidden", "output"), "hidden": ("input", "hidden"), "output": ("output",)}
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -44,7 +45,7 @@ class Layer:
     """One regularisable layer: its name in the model, its weight, and its role."""
 
     name: str
-    weight: nn.Parameter
+    weight: Tensor  # an nn.Parameter, unless a parametrisation computes the module's weight
     role: str
 
     @property
@@ -86,7 +87,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def _is_classifier_candidate(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, REGULARISABLE) and all(k == 1 for k in module.kernel_size)
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in module.kernel_size)
 
 
 Patterns = Union[None, str, Iterable[str]]
@@ -96,8 +97,9 @@ def excluded_names(names: Sequence[str], exclude: Patterns) -> List[str]:
     """The names matched by the ``fnmatch`` patterns ``exclude`` (a string or several). Raises ``ValueError`` for a
     pattern that matches nothing, naming the valid names."""
     iterable = isinstance(exclude, (list, tuple, set, frozenset)) or exclude is None
-    patterns = [exclude] if isinstance(exclude, str) or not iterable else list(exclude or ())
-    if not all(isinstance(p, str) and p for p in patterns):
+    given: List[object] = [exclude] if isinstance(exclude, str) or not iterable else list(exclude or ())
+    patterns = [p for p in given if isinstance(p, str) and p]
+    if len(patterns) != len(given):
         raise ValueError(f"exclude must be module-name patterns (strings), got {exclude!r}")
     out: List[str] = []
     for pattern in patterns:
@@ -133,7 +135,7 @@ def forward_order(model: nn.Module, example_input) -> List[str]:
     return order
 
 
-def _warn_if_ambiguous(found: "OrderedDict[str, nn.Module]", classifier: str) -> None:
+def _warn_if_ambiguous(found: "OrderedDict[str, Regularisable]", classifier: str) -> None:
     chosen = found[classifier]
     names = list(found)
     readers = [n for n, m in found.items() if n != classifier and _is_classifier_candidate(m)
@@ -159,7 +161,7 @@ def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Pat
     unless ``warn=False`` (monitors, which only sum energies, have nothing to warn a user about).
     """
     model = unwrap(model)
-    found: "OrderedDict[str, nn.Module]" = OrderedDict()
+    found: "OrderedDict[str, Regularisable]" = OrderedDict()
     seen = set()
     for name, module in model.named_modules():
         if not isinstance(module, REGULARISABLE) or getattr(module, "weight", None) is None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import errno
+import functools
 from pathlib import Path
+from typing import IO, Any, Callable, List, NoReturn, Optional, Tuple
 
 from .bundle import DatasetUnavailable
 
@@ -19,7 +21,10 @@ def extract_tar(archive: Path, to: Path) -> None:
             members = tar.getmembers()
             for member in members:
                 _check_member(member, to)
-            tar.extractall(to, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(to, members=members, filter="data")
+            else:
+                tar.extractall(to, members=members)
     except (tarfile.TarError, ValueError) as err:
         raise DatasetUnavailable(f"{archive} was not extracted: {err}; delete it and download it again") from None
 
@@ -64,24 +69,38 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 MAX_RATIO = 50  # declared size over compressed size: real data (floats, JPEGs) compresses < 5x, a zip bomb > 1,000x
 
 
-def _members(archive: Path):
-    """``(name, size, compressed size or None, kind, opener)`` of every member; ``kind``: file, dir or other."""
+# (name, size, compressed size or None, kind, opener) of one member
+Member = Tuple[str, int, Optional[int], str, Callable[[], IO[bytes]]]
+
+
+def _members(archive: Path) -> Tuple[Any, List[Member]]:
+    """The open archive and ``(name, size, compressed size or None, kind, opener)`` of every member; ``kind``: file,
+    dir or other."""
     import tarfile
     import zipfile
+    out: List[Member] = []
     if zipfile.is_zipfile(archive):
         import stat
         zf = zipfile.ZipFile(archive)
-        out = []
         for info in zf.infolist():
             mode = info.external_attr >> 16
             kind_bits = stat.S_IFMT(mode)  # 0 when the zip records no type (zipfile.writestr): a plain file
             kind = "dir" if info.is_dir() else "file" if kind_bits in (0, stat.S_IFREG) else "other"
             out.append((info.filename, info.file_size, info.compress_size, kind,
-                        lambda info=info: zf.open(info)))
+                        functools.partial(zf.open, info)))
         return zf, out
     tar = tarfile.open(archive)
-    out = [(m.name, m.size, None, "file" if m.isfile() else "dir" if m.isdir() else "other",
-            lambda m=m: tar.extractfile(m)) for m in tar.getmembers()]
+
+    def opener(member: tarfile.TarInfo) -> Callable[[], IO[bytes]]:
+        def open_member() -> IO[bytes]:
+            source = tar.extractfile(member)
+            if source is None:  # (only regular files are opened: the kinds are checked first)
+                raise ValueError(f"'{member.name}' is not a regular file")
+            return source
+        return open_member
+
+    out = [(m.name, m.size, None, "file" if m.isfile() else "dir" if m.isdir() else "other", opener(m))
+           for m in tar.getmembers()]
     return tar, out
 
 
@@ -110,7 +129,7 @@ def extract_release(archive: Path, root: Path, folder: str, max_members: int, ma
     import tempfile
     archive, root = Path(archive), Path(root)
 
-    def refuse(why: str):
+    def refuse(why: str) -> NoReturn:
         raise DatasetUnavailable(f"{archive} was not extracted: {why}; delete it and download it again")
 
     try:

@@ -13,7 +13,8 @@ unexpected state raises ``UnsafePickle`` before any object of the file is return
 
 The work is bounded too: a file is read up to ``MAX_BYTES``; converting the loaded objects visits each one once
 (an object the pickle shares through its memo stays shared, never copied), at most ``MAX_OBJECTS`` containers
-(``MAX_ITEMS`` items) nested at most ``MAX_DEPTH`` deep; every failure is one ``UnsafePickle`` line, never a ``RecursionError`` or a hang.
+(``MAX_ITEMS`` items) nested at most ``MAX_DEPTH`` deep; every failure is one ``UnsafePickle`` line, never a
+``RecursionError`` or a hang.
 ``_codecs.encode(text, "latin1")`` is allowed: it is how Python 3 writes ``bytes`` in a protocol-2 pickle (the
 synthetic CIFAR batches), and it only turns a string into bytes.
 """
@@ -229,7 +230,7 @@ def materialize(obj, budget: Optional["_Budget"] = None):
 class _Budget:
     """The work ``materialize`` may do on one pickle: containers visited, and how deep."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.done: Dict[int, Any] = {}
         self.keep: list = []
         self.depth = self.containers = self.items = 0

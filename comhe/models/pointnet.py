@@ -39,6 +39,7 @@ are (3, 3 x out) where a ``Conv1d(3, out, 1)`` would give (3, out): ``xavier_uni
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,8 @@ class PointConv(nn.Conv1d):
 
     def reset_tf(self) -> None:
         xavier_uniform_tf_(self.weight, self.in_channels, self.out_channels * self.kernel_fan)
-        nn.init.zeros_(self.bias)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.bn(super().forward(x)))
@@ -101,8 +103,9 @@ def channels(base: int, width: float) -> int:
 def reset_tf_(module: nn.Module) -> None:
     """The official initialisation of every layer of ``module`` (its ``reset_tf``, or Xavier for a plain linear)."""
     for m in module.modules():
-        if hasattr(m, "reset_tf"):
-            m.reset_tf()
+        reset_tf = getattr(m, "reset_tf", None)
+        if callable(reset_tf):
+            reset_tf()
         elif isinstance(m, nn.Linear):
             xavier_uniform_tf_(m.weight, m.in_features, m.out_features)
             nn.init.zeros_(m.bias)
@@ -160,7 +163,8 @@ class PointNet(nn.Module):
         for tnet in (self.input_transform, self.feature_transform):
             if tnet is not None:
                 tnet.reset_identity()
-        self.last_feature_transform = None  # [B, 64, 64] of the last forward (the auxiliary loss reads it)
+        # [B, 64, 64] of the last forward (the auxiliary loss reads it)
+        self.last_feature_transform: Optional[Tensor] = None
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, 3, N]`` -> logits ``[B, num_classes]``. A point is a row vector: ``p @ T`` is ``T^T x``."""
@@ -188,6 +192,8 @@ class PointNetWithTNets(PointNet):
 
     def auxiliary_loss(self) -> Tensor:
         """``weight * sum_b ||T_b T_b^T - I||_F^2 / 2`` of the last forward's feature transform, in float32."""
+        if self.last_feature_transform is None:
+            raise RuntimeError("auxiliary_loss reads the feature transform of the last forward: run one first")
         t = self.last_feature_transform.float()
         gram = torch.bmm(t, t.transpose(1, 2))
         eye = torch.eye(t.shape[-1], device=t.device, dtype=t.dtype)

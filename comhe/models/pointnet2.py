@@ -95,7 +95,8 @@ class PointConv2d(nn.Conv2d):
 
     def reset_tf(self) -> None:
         xavier_uniform_tf_(self.weight, self.in_channels, self.out_channels)
-        nn.init.zeros_(self.bias)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """x ``[..., C]`` -> ``[..., C']``."""
@@ -122,6 +123,8 @@ class SetAbstraction(nn.Module):
             grouped = xyz[:, None]                                            # [B, 1, N, 3]
             grouped_features = None if features is None else features[:, None]
         else:
+            if self.radius is None or self.neighbours is None:
+                raise ValueError("a set abstraction that samples centroids needs a radius and a neighbour count")
             with torch.no_grad():
                 centres_idx = farthest_point_sample(xyz.detach(), min(self.centroids, xyz.shape[1]))
             centres = gather(xyz, centres_idx)                                # [B, M, 3]

@@ -3,7 +3,7 @@ projection of a bucket's neurons, the layer order of the draws."""
 from __future__ import annotations
 
 import numbers
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,7 @@ def project_columns(p: Tensor, w: Tensor) -> Tensor:
 def shape_major(stacker: Stacker, indices: Sequence[int]) -> List[int]:
     """Layer indices grouped by weight shape, shapes in order of first appearance (``layers.group_by_shape``)."""
     indices = sorted(indices)
-    rank = {}
+    rank: Dict[Tuple[int, ...], int] = {}
     for i in indices:
         rank.setdefault(stacker.layers[i].shape, len(rank))
     return sorted(indices, key=lambda i: (rank[stacker.layers[i].shape], i))
@@ -60,6 +60,7 @@ class Projection(nn.Module):
     ``[L * C, k, N]`` if ``columns`` else as rows ``[L * C, N, k]``."""
 
     columns = True
+    stacker: Stacker  # set by ``setup``
 
     def __init__(self, proj_dim: int, num_proj: int):
         super().__init__()
@@ -80,7 +81,7 @@ class Projection(nn.Module):
         self.__dict__["stacker"] = stacker  # a reference, not a submodule: the regulariser owns it
         self.buckets = list(buckets)
 
-    def matrices(self, stack: Optional[Stack], lr: Optional[float]) -> List[Optional[Tensor]]:
+    def matrices(self, stack: Stack, lr: Optional[float]) -> Sequence[Optional[Tensor]]:
         return [None] * len(self.buckets)
 
     def prepare(self, stack: Stack) -> None:
@@ -89,7 +90,12 @@ class Projection(nn.Module):
 
     def rows(self, stack: Stack, mats: Sequence[Optional[Tensor]]) -> List[Tensor]:
         """p ``[L, C, k, d]`` per bucket, applied to its neurons (in the order ``_weights`` reads them)."""
-        return [project_columns(p, w) for w, p in zip(self._all_weights(stack), mats)]
+        out = []
+        for w, p in zip(self._all_weights(stack), mats):
+            if p is None:
+                raise ValueError(f"{type(self).__name__} projects with matrices: pass those matrices() returns")
+            out.append(project_columns(p, w))
+        return out
 
     def _weights(self, stack: Stack, b: int) -> Tensor:
         return stack.view(b)

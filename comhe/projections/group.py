@@ -29,7 +29,7 @@ class GroupProjection(Projection):
     def applies_to(self, fan_in: int) -> bool:
         return self.copies(fan_in) > 1
 
-    def _index(self, stack: Stack) -> Tuple[Tensor, List[Tuple[int, ...]]]:
+    def _index(self, stack: Stack) -> Tuple[Tensor, List[Tuple[int, int, int]]]:
         groups = [self.copies(self.stacker.buckets[b].fan_in) for b in self.buckets]
         return self.stacker.group_index(self.buckets, groups, stack.orders, stack.flat.device)
 

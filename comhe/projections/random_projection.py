@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..stacking import Stack
 from .base import Projection, shape_major
 
 
@@ -47,7 +48,7 @@ class RandomProjection(Projection):
             self._generator = gen
         return gen
 
-    def matrices(self, stack, lr=None) -> List[Tensor]:
+    def matrices(self, stack: Optional[Stack], lr: Optional[float] = None) -> List[Tensor]:
         device, dtype = self.stacker.zeros.device, self.stacker.zeros.dtype  # the compute dtype, as it is now
         flat = torch.randn(self.draw_size, generator=self.generator(device), device=device, dtype=dtype)
         mats = []

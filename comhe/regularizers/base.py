@@ -73,6 +73,9 @@ class Regularizer(nn.Module):
     ``left_out``: ``(parameter, reason)`` for every parameter of the model it does not act on (``describe``).
     """
 
+    lambda_hidden: float  # set by the subclasses that call ``weighted_stats``
+    lambda_output: float
+
     def __init__(self, layers: List[Layer], left_out: Sequence[Tuple[str, str]] = (), include_frozen: bool = False):
         super().__init__()
         self.layers = list(layers)
@@ -128,7 +131,8 @@ class Regularizer(nn.Module):
     def compute(self, lr: Optional[float]):  # pragma: no cover - every registered subclass overrides it
         raise TypeError(f"{type(self).__name__} does not define compute()")
 
-    def compile(self, **options) -> "Regularizer":
+    # Returns self (``reg = build(...).compile()``), where nn.Module.compile returns None: a deliberate override.
+    def compile(self, **options) -> "Regularizer":  # type: ignore[override]
         """``torch.compile`` the pure tensor math (fuses the energy's elementwise chain into a few kernels)."""
         return self
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -114,7 +114,7 @@ class EnergyRegularizer(Regularizer):
         blocks, offset = plan_blocks(buckets, lambda i: (self.terms[i].copies, self.terms[i].kind != "full",
                                                          self.terms[i].weight / self.terms[i].copies))
         self.pairs = PairPlan(blocks, offset, len(chosen), self.dtype_hint, self.device_hint)
-        self._compiled = None
+        self._compiled: Optional[Callable[..., Tuple[Tensor, Tensor]]] = None
 
     def _term(self, layer: Layer, proj) -> Term:
         if layer.role == "output":
@@ -126,7 +126,7 @@ class EnergyRegularizer(Regularizer):
         why = "3 input channels" if layer.is_rgb_conv else f"fan-in {layer.fan_in} not compressed"
         return Term("half", self.lambda_hidden, why=why)
 
-    def compile(self, **options) -> "EnergyRegularizer":
+    def compile(self, **options) -> "EnergyRegularizer":  # type: ignore[override]  # returns self (base.py)
         """``torch.compile`` everything from the stacked weights to the loss, as one graph with its own cache."""
         self._compiled = torch.compile(_own_code(_loss_of(self)), dynamic=False, **options)
         return self
@@ -145,7 +145,8 @@ class EnergyRegularizer(Regularizer):
         projected = iter(self.proj.rows(stack, mats)) if self.proj is not None else iter(())
         rows = [next(projected) if bucket.projected else stack.view(b)
                 for b, bucket in enumerate(self.stacker.buckets)]
-        columns = [bucket.projected and self.proj.columns for bucket in self.stacker.buckets]
+        as_columns = self.proj is not None and self.proj.columns  # (only a projection makes buckets projected)
+        columns = [bucket.projected and as_columns for bucket in self.stacker.buckets]
         return gram_energy(rows, self.pairs, self.s, self.eps, fused, columns)
 
     def summarize(self, terms: Tensor) -> Dict[str, float]:
@@ -156,12 +157,12 @@ class EnergyRegularizer(Regularizer):
         out = []
         for term in self.terms:
             words = {"full": "full-space", "half": "half-space"}.get(term.kind)
-            if term.why:
-                words += f" (unprojected: {term.why})"
             if words is None:
                 words = f"half-space of {term.copies} projections to {term.dim}"
                 if self.projection == "group":
                     words = f"half-space of {term.copies} coordinate groups of {term.dim}"
+            elif term.why:  # (only an unprojected "half" term has a why)
+                words += f" (unprojected: {term.why})"
             out.append((f"{words}, s={self.s}", f"{term.weight:g}"))
         return out
 

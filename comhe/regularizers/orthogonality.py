@@ -40,8 +40,8 @@ class _GramPenalty(Regularizer, ExactConstants):
     def __init__(self, model: nn.Module, *, lambda_hidden: float, lambda_output: Optional[float] = None,
                  layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None,
                  exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False):
-        check_options(("lambda_hidden",), lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers, eps=eps,
-                      classifier=classifier, example_input=example_input, include_frozen=include_frozen)
+        check_options(("lambda_hidden",), lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers,
+                      eps=eps, classifier=classifier, example_input=example_input, include_frozen=include_frozen)
         chosen, leave = choose_layers(model, layers=layers, classifier=classifier, exclude=exclude,
                                       example_input=example_input, include_frozen=include_frozen)
         super().__init__(chosen, leave, include_frozen)
@@ -51,10 +51,10 @@ class _GramPenalty(Regularizer, ExactConstants):
         self.groups = group_by_shape(chosen)
         for i, group in enumerate(self.groups):
             weights = [self.lambda_output if g.role == "output" else self.lambda_hidden for g in group]
-            like = dict(device=self.device_hint, dtype=self.dtype_hint)
             n = self.gram_size(group[0].num_neurons, group[0].fan_in)
             self.register_constant(f"weight{i}", weights, self.dtype_hint, self.device_hint)
-            self.register_buffer(f"eye{i}", torch.eye(n, **like), persistent=False)
+            eye = torch.eye(n, device=self.device_hint, dtype=self.dtype_hint)
+            self.register_buffer(f"eye{i}", eye, persistent=False)
 
     def gram_size(self, num_neurons: int, fan_in: int) -> int:
         return num_neurons

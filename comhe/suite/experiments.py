@@ -247,12 +247,12 @@ _STR, _MAP, _LIST, _NUM = (str,), (Mapping,), (list,), (int, float)
 TOP_TYPES = {"name": _STR, "title": _STR, "source": _STR, "kind": _STR, "metric": _STR, "base": _MAP, "rows": _LIST,
              "columns": _LIST, "references": _LIST, "claims": _LIST, "figures": _LIST, "notes": _LIST,
              "select": _MAP, "selected_by": _STR, "profiles": _MAP}
-ENTRY_TYPES = {"rows": {"name": _STR, "config": _MAP, "cells": _MAP},
-               "columns": {"name": _STR, "config": _MAP, "vars": _MAP, "metric": _STR, "x": _NUM},
-               "references": {"label": _STR, "source": _STR, "values": _MAP},
-               "claims": {"text": _STR, "order": _LIST, "better": _LIST, "than": _STR, "columns": _LIST,
-                          "cells": _LIST},
-               "figures": {"kind": _STR}}
+ENTRY_TYPES: Dict[str, Dict[str, Tuple[type, ...]]] = {
+    "rows": {"name": _STR, "config": _MAP, "cells": _MAP},
+    "columns": {"name": _STR, "config": _MAP, "vars": _MAP, "metric": _STR, "x": _NUM},
+    "references": {"label": _STR, "source": _STR, "values": _MAP},
+    "claims": {"text": _STR, "order": _LIST, "better": _LIST, "than": _STR, "columns": _LIST, "cells": _LIST},
+    "figures": {"kind": _STR}}
 _TYPE_NAMES = {_STR: "text", _MAP: "a mapping", _LIST: "a list", _NUM: "a number", (bool,): "true or false"}
 PROFILE_TYPES = {"config": _MAP, "datasets": _MAP, "columns": _MAP, "rows": _MAP, "keep_weights": (bool,)}
 
@@ -299,7 +299,7 @@ def _check(exp: Experiment) -> None:
                  f"selected_by must name another experiment (a sweep with select:), got {exp.selected_by!r}")
         _require(_is_experiment(exp.selected_by), path, f"selected_by {exp.selected_by!r} is neither a shipped "
                  f"experiment ({', '.join(names())}) nor an existing .yaml file")
-    _require(exp.rows and exp.columns, path, "needs rows and columns")
+    _require(bool(exp.rows) and bool(exp.columns), path, "needs rows and columns")
     row_names, col_names = [r.name for r in exp.rows], [c.name for c in exp.columns]
     _require(len(set(row_names)) == len(row_names) and len(set(col_names)) == len(col_names), path,
              "row and column names must be unique")

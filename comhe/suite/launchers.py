@@ -31,7 +31,7 @@ import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..registry import Registry
 from ..train.interrupt import STOP
@@ -58,7 +58,7 @@ def execute_one(cfg: Dict[str, Any], run_dir: str, keep_weights: bool = True) ->
     if run.status() == "done":
         return {"outcome": "skipped", "final": run.read_final()}
     from ..train.trainers import for_config  # torch is imported here, not when planning on a login node
-    evaluated = []  # the engine reports each evaluation it ran in this process
+    evaluated: List[Dict[str, Any]] = []  # the engine reports each evaluation it ran in this process
     try:
         final = for_config(cfg).train(cfg, run_dir, report=evaluated.append)
     except RunLocked as err:
@@ -267,9 +267,10 @@ def locked_by_other(run_dir) -> bool:
 
 @LAUNCHERS.register("local")
 def launch_local(pending, cfgs: Sequence[Dict], dirs: Sequence[str], keep: Sequence[bool], jobs: int = 1,
-                 on_result: Callable = None, nproc: int = 1, out=None, **_) -> None:
+                 on_result: Optional[Callable] = None, nproc: int = 1, out=None, **_) -> None:
     """Each run in this process, or in ``jobs`` spawned workers. After a stop signal no run starts: the ones not
     started are reported ``not started``, those in progress as they end (``stopped``, checkpointed, or finished)."""
+    on_result = on_result or (lambda i, result: None)
     if nproc > 1 or jobs <= 1:  # in this process; a DDP run takes nproc processes (often every GPU) for itself
         from ..train.engine import Preempted
         for i, (cfg, run_dir, keep_weights) in enumerate(zip(cfgs, dirs, keep)):

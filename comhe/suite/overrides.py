@@ -65,7 +65,7 @@ def layout_keys(exp) -> Dict[str, List[str]]:
         for key in _keys(mapping):
             out.setdefault(key, []).append(where)
     variables = sorted({v for c in exp.columns for v in c.vars})
-    for where, mapping in [("base", exp.base)] + [(w, m) for w, m in layers]:
+    for _where, mapping in [("base", exp.base)] + [(w, m) for w, m in layers]:
         for key in _var_keys(mapping):
             out.setdefault(key, []).append(f"every column (${{{', '.join(variables)}}})")
     return out

@@ -445,7 +445,7 @@ def render_tex(exp: Experiment, df: pd.DataFrame) -> str:
     widths = [len(subs) for _, subs in groups]
     spec = "l" + "".join(" " + "r" * w for w in widths)
     top, rules, start = ["Method"], [], 2
-    for (name, subs), w in zip(groups, widths):
+    for (name, _subs), w in zip(groups, widths):
         top.append(rf"\multicolumn{{{w}}}{{c}}{{{tex_escape(name)}}}")
         rules.append(rf"\cmidrule(lr){{{start}-{start + w - 1}}}")
         start += w

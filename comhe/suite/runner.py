@@ -78,7 +78,9 @@ def make_plan(names: Sequence[str], profile: str = "paper", seeds: Any = None, o
         exp.notes = list(exp.notes) + labels.notes(exp)
     for exp in exps if columns else ():
         experiments_lib.restrict(exp, columns)
-    cells, runs, keep = {}, {}, {}
+    cells: Dict[str, Any] = {}
+    runs: Dict[str, Planned] = {}
+    keep: Dict[str, bool] = {}
     for exp in exps:
         cells[exp.name] = experiments_lib.plan(exp, overrides)
         for cell in cells[exp.name]:
@@ -249,14 +251,15 @@ def missing_data(runs: Sequence[Planned]) -> Dict[str, str]:
     """Run name -> why its dataset cannot be had (``DRY=1``); reads only, one look per distinct dataset."""
     from .. import data
     found: Dict[Any, Optional[str]] = {}
-    out = {}
+    out: Dict[str, str] = {}
     for p in runs:
         cfg = p.cfg
         key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
         if key not in found:
             found[key] = data.locate(cfg["dataset"], cfg["data_root"] or None, **cfg["data"])[0]
-        if found[key]:
-            out[p.name] = found[key]
+        why = found[key]
+        if why:
+            out[p.name] = why
     return out
 
 
@@ -269,7 +272,7 @@ def check_nproc(pending: Sequence[Planned], nproc: int) -> None:
                           if bad else f"NPROC must be >= 1, got {nproc}")
 
 
-def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", options: Dict[str, Any] = None,
+def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", options: Optional[Dict[str, Any]] = None,
           out=sys.stdout, nproc: int = 1, poll_s: float = WAIT_POLL_S, retrain_damaged: bool = False) -> Dict[str, int]:
     """Train every run of the plan that is not finished; wait for those another process is training (module
     docstring). A finished run with damaged records is counted ``damaged`` and left alone, or with
@@ -385,7 +388,8 @@ def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optio
                     counts["locked"] = len(waiting) + len(locked)
                     interrupted = True
                     break
-                still, free = [], []
+                still: List[int] = []
+                free: List[int] = []
                 for i in waiting:
                     if RunDir(dirs[i]).status() == "done":
                         on_result(i, {"outcome": "elsewhere", "final": RunDir(dirs[i]).read_final()})

@@ -39,7 +39,10 @@ def seal_unverified(run_dir: Path) -> str:
         verdict = run.verify()
         if verdict.state != "unverified":
             return f"not sealed: {verdict.state}"
-        run.write_final(run.read_final())
+        final = run.read_final()
+        if final is None:  # verify() gives a record without final.json another state; it may have gone since
+            return "not sealed: no final.json"
+        run.write_final(final)
         return "sealed"
     finally:
         run.unlock()

@@ -42,7 +42,7 @@ def _cell(value: Any, width: int, fmt: str) -> str:
 
 def line_reporter(out=None, columns=None) -> Callable[[Dict[str, Any]], None]:
     """One fixed-column line per evaluation; the header comes with the first line (after ``run:``)."""
-    started = []
+    started: List[bool] = []
     out, columns = out or sys.stdout, columns or COLUMNS  # sys.stdout when called, not when imported
 
     def report(row: Dict[str, Any]) -> None:
@@ -148,9 +148,10 @@ def _main(args) -> int:
     except (PermissionError, NotADirectoryError, FileExistsError) as err:  # e.g. the disk became read-only
         return _fail(_unwritable(run_dir, err), 2)
     except OSError as err:  # the disk is full or failing: the run resumes from its last checkpoint (io_errors.py)
-        if disk_error(err) is None:
+        message = disk_error(err)
+        if message is None:
             raise
-        return _fail(disk_error(err), 2)
+        return _fail(message, 2)
     finally:
         distributed.shutdown(ctx)
     if final["status"] == "diverged":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import yaml
 
@@ -268,7 +268,8 @@ def validate(cfg: Mapping[str, Any], registries: bool = True) -> None:
             else:
                 default = valid[key]
                 if default is None and value is not None:  # "decided from other options": check the annotation
-                    default = _SAMPLE.get(section_types(cfg, section).get(key))
+                    annotated = section_types(cfg, section).get(key)
+                    default = None if annotated is None else _SAMPLE.get(annotated)
                 if not _type_ok(value, default):
                     raise ConfigError(f"{section}.{key} must be {type(default).__name__}, got {value!r}")
     _check_task_keys(cfg)
@@ -305,7 +306,7 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     return normalize(cfg)
 
 
-def resolve(overrides: Iterable[str] = (), base: Mapping[str, Any] = None) -> Dict[str, Any]:
+def resolve(overrides: Iterable[str] = (), base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """DEFAULTS (or ``base``) <- overrides, validated and normalized (for code and tests without a YAML file)."""
     cfg = apply_overrides(merge(DEFAULTS, base or {}), overrides)
     validate(cfg)

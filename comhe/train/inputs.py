@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Type
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Type, Union
 
 import yaml
+
+if TYPE_CHECKING:  # typing.TypeGuard needs Python >= 3.10; postponed annotations never evaluate it at run time
+    from typing import TypeGuard
 
 MAX_FILE_BYTES = 1 << 20   # 1 MiB: the largest shipped experiment file is ~10 kB
 MAX_DEPTH = 32             # nesting levels of a YAML document (the shipped files use at most 7)
@@ -35,7 +38,7 @@ DATA_BOUNDS = {"num_classes": MAX_CLASSES, "train_per_class": 100_000, "test_per
 MAX_SYNTHETIC_BYTES = 2 << 30  # a synthetic dataset is written and held in memory: at most 2 GiB of it
 
 
-def _synthetic_bytes(dataset: str, data: Mapping[str, Any]) -> int:
+def _synthetic_bytes(dataset: str, data: Mapping[str, Any]) -> float:
     """About how many bytes the synthetic dataset ``dataset`` with options ``data`` holds (0: not synthetic). Options
     left out count 1: their defaults are small (3 to 40 classes, tens of samples a class)."""
     get = {k: v for k, v in data.items() if _number(v) and v > 0}
@@ -124,7 +127,7 @@ def read_yaml(path: Path, error: Type[Exception], what: str = "file") -> Any:
     return parse_yaml(read_text(path, error, what), path, error)
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[Union[int, float]]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

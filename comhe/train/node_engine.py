@@ -181,19 +181,27 @@ def recorded_config(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _final(run: RunDir) -> Dict[str, Any]:
+    """A finished run's ``final.json`` (``status() == "done"`` says it exists)."""
+    final = run.read_final()
+    if final is None:
+        raise FileNotFoundError(f"{run.final_path} vanished after its run was seen finished")
+    return final
+
+
 def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[NodeSetup] = None,
           report: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Train (or resume, or skip) the node run in ``run_dir``. Returns ``final.json``'s content."""
     run = RunDir(run_dir)
     if run.status() == "done":
-        return run.read_final()
+        return _final(run)
     s = setup or prepare(cfg)
     if STOP.requested:  # signalled while the graph and model were prepared: write nothing
         raise Preempted(f"stopped by {STOP.signal_name()} before {run.path.name} started training")
     run.lock()  # raises RunLocked when another process trains it
     try:
         if run.status() == "done":  # finished by another process while we loaded the graph
-            return run.read_final()
+            return _final(run)
         return _train_locked(s, run, report)
     finally:
         run.unlock()
@@ -235,11 +243,11 @@ def _train_locked(s: NodeSetup, run: RunDir, report) -> Dict[str, Any]:
         pending.clear()
         checkpoint.save(run.checkpoint_dir, at, _state(s, at, history, best, clock()))
 
+    last: Optional[Dict[str, float]] = None
     if state is not None and state.get("finished") is not None:  # killed after the final checkpoint
         rows = run.read_metrics()
         last = {k: float(v) for k, v in rows[-1].items()} if rows else {}
         return ended(_finish(s, run, epoch, best, elapsed, last, stopped_early=state["finished"]))
-    last = None
     if epoch == 0 and not run.read_metrics():
         log(metrics_row(s, 0, lr_at(cfg, 0), {}, evaluate(s), clock()))
     with _StopRequest() as stop:

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
@@ -86,7 +86,7 @@ def ensure_writable(folder: Path) -> None:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._lock_file = None
+        self._lock_file: Optional[IO[str]] = None
 
     # --- state
     @property
@@ -209,7 +209,7 @@ class RunDir:
         if len(kept) != len(rows):
             self._write_metrics(kept)
 
-    def _write_metrics(self, rows: List[Mapping[str, Any]]) -> None:
+    def _write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
         fields: List[str] = []
         for r in rows:
             fields += [k for k in r if k not in fields]
@@ -226,7 +226,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def git_sha(repo: Path = Path(__file__).resolve().parents[2]) -> str:
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout this package runs from
+
+
+def git_sha(repo: Path = REPO_ROOT) -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,

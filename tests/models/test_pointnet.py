@@ -187,7 +187,8 @@ def test_layer_plan_of_every_model_and_regulariser(model_name, reg_name):
     if model_name == "pointnet_tnet":
         options["exclude"] = TRANSFORMS
     reg = regularizers.build(reg_name, model, **options)
-    plan = {layer.name: (t.kind == "projected", t.kind != "full", layer.role) for layer, t in zip(reg.layers, reg.terms)}
+    plan = {layer.name: (t.kind == "projected", t.kind != "full", layer.role)
+            for layer, t in zip(reg.layers, reg.terms)}
     every = [layer.name for layer in find_layers(model)]
     kept = [n for n in every if not n.endswith("_transform.transform")]
     assert list(plan) != [] and sorted(plan) == sorted(kept)

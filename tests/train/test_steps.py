@@ -49,7 +49,7 @@ def test_cuda_graph_step_matches_eager(tmp_path, regularizer):
     common = dict(device="cuda", amp="off", regularizer=regularizer, deterministic=True)
     eager, w_eager = run_steps(cfg_for(tmp_path, **common), n=8)
     graphed, w_graphed = run_steps(cfg_for(tmp_path, cuda_graph=True, **common), n=8)
-    for (l1, c1, r1), (l2, c2, r2) in zip(eager, graphed):
+    for (l1, _c1, r1), (l2, _c2, r2) in zip(eager, graphed):
         assert l2 == pytest.approx(l1, rel=1e-5) and r2 == pytest.approx(r1, rel=1e-5)
     assert_same_updates(w_eager, w_graphed, 1e-5)
 
