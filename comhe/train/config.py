@@ -136,6 +136,7 @@ def _check_buildable(cfg: Mapping[str, Any]) -> None:
     import torch
     from .. import data, models, regularizers
     from ..layers import find_layers
+    from .cpu import one_thread
     num_classes = data.declared_num_classes(cfg["dataset"], cfg["data"])
     model_key = repr((cfg["model"], sorted(cfg["model_options"].items()), num_classes))
     key = model_key + repr((cfg["regularizer"], sorted(cfg["reg"].items()), cfg["monitor_exclude"]))
@@ -143,7 +144,8 @@ def _check_buildable(cfg: Mapping[str, Any]) -> None:
         return
     what = f"model {cfg['model']!r}"
     try:  # fork_rng: the weight init draws must not move the caller's global RNG (a config read after seeding)
-        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        # one_thread: no intra-op threads before the run sets its subnormal mode (train/cpu.py)
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"), one_thread():
             if model_key not in _CHECK_MODELS:  # regularisers only read the model: one build serves them all
                 _CHECK_MODELS[model_key] = models.build(cfg["model"], num_classes, **cfg["model_options"])
             what = f"regularizer {cfg['regularizer']!r}"

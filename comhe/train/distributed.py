@@ -3,7 +3,7 @@
 ``torchrun --standalone --nproc_per_node=N -m comhe.train cfg.yaml`` sets RANK / WORLD_SIZE / LOCAL_RANK; the
 process group uses NCCL on CUDA and gloo on the CPU. Each rank trains on its shard of every batch (global batch
 ``batch_size``); gradients are averaged by DDP; BN statistics are synchronised on CUDA (SyncBatchNorm; it is CUDA-only,
-so CPU multi-process runs keep per-rank BN statistics, documented in the README). The regulariser acts on the
+so CPU multi-process runs keep per-rank BN statistics, documented in docs/reproducing.md). The regulariser acts on the
 unwrapped model, identically on every rank: its random projections come from a generator seeded with the run's seed,
 so all ranks draw the same matrices (otherwise the averaged gradient would mix different projections). Only rank 0
 writes records and checkpoints; every rank reads the checkpoint to resume from, so the run directory must be on a
