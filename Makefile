@@ -21,7 +21,7 @@ help:
 	@echo "make tables        every table; make figures: every figure"
 	@echo "make report        render every table and figure, train nothing; results/SCORECARD.md: every claim"
 	@echo "make smoke         every table and figure on the CPU with synthetic data (minutes) -> results/smoke/"
-	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~15 min)"
+	@echo "make demo          real Fashion-MNIST on the CPU: Baseline vs HS-MHE vs RP-CoMHE, 3 seeds (~5.5 min, 2 cores)"
 	@echo "make readme        the README's tables and figures (demo, GCN on Cora, its sweep) from HEAD -> docs/readme/"
 	@echo "  options: PROFILE=paper|quick|smoke SEEDS=3|0,4,5 JOBS=2 (default: 1 on CPU; on CUDA bench-gpu's best)"
 	@echo "           NPROC=8 (GPUs per run, torchrun) DRY=1 (list runs, train nothing) COLLECT=1 (render only)"

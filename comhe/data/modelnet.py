@@ -6,7 +6,7 @@ Layout (``root/modelnet40_ply_hdf5_2048/``): ``ply_data_train0..4.h5`` (9,840 sh
 ``test_files.txt`` (one h5 path a line, relative to the official repository: ``data/modelnet40_ply_hdf5_2048/...``;
 only the file name is used here). Other keys and files of the release are not read.
 
-* Reading needs h5py, an optional extra (``pip install 'comhe[points]'``), imported only here and only when used.
+* Reading needs h5py, an optional extra (``pip install -e '.[points]'``), imported only here and only when used.
 * The first ``num_points`` (1,024) points of each shape are kept, as the official ``train.py`` does.
 * Every h5 file is checked against ``MD5``, the sums that third-party loaders pin (not verified by this project
   against the original release; ``COMHE_MODELNET40_MD5=off`` skips the check for a copy you trust). A mismatch, a
@@ -53,7 +53,7 @@ NUM_CLASSES = 40
 # face id) 4-byte values (12,311 shapes: ~710 MB in all, ~120 MB each) and a few text files.
 RELEASE_MEMBERS = 32
 RELEASE_BYTES = 1 << 30
-EXTRA = "pip install 'comhe[points]'"
+EXTRA = "pip install -e '.[points]'"
 
 
 def import_h5py():
