@@ -112,9 +112,6 @@ class Experiment:
     overrides: List[str] = field(default_factory=list)   # set by plan: the overrides that change the protocol
     seeds_given: bool = False                            # the seeds came from the command line, not the file
 
-    def row(self, name: str) -> Row:
-        return next(r for r in self.rows if r.name == name)
-
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
 

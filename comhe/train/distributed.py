@@ -99,15 +99,6 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's ``obj`` on every rank (e.g. the checkpoint state to resume from)."""
-    if not ctx.enabled:
-        return obj
-    box = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def shutdown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
