@@ -42,7 +42,7 @@ def init(device_type: str) -> DistContext:
         return DistContext()
     ctx = DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":  # else every rank's NCCL collectives outside DDP (barrier, broadcast) use GPU 0
-        torch.cuda.set_device(ctx.local_rank)
+        torch.cuda.set_device(ctx.local_rank)  # pragma: cuda
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return ctx

@@ -43,7 +43,7 @@ def rng_state() -> Dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state_all()  # pragma: cuda
     return state
 
 
@@ -59,4 +59,4 @@ def set_rng_state(state: Dict[str, Any]) -> None:
                          int(np_state["has_gauss"]), float(np_state["cached_gaussian"])))
     torch.set_rng_state(_on_cpu(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_on_cpu(s) for s in state["cuda"]])
+        torch.cuda.set_rng_state_all([_on_cpu(s) for s in state["cuda"]])  # pragma: cuda

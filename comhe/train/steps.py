@@ -62,7 +62,7 @@ def _generators(reg) -> list:
     for module in reg.modules():
         gen = getattr(module, "_generator", None)
         if isinstance(gen, torch.Generator) and gen.device.type == "cuda":
-            gens.append(gen)
+            gens.append(gen)  # pragma: cuda
     return gens
 
 
@@ -90,14 +90,14 @@ class GraphStep(EagerStep):
         s = self.s
         graph = torch.cuda.CUDAGraph()
         for gen in _generators(s.reg):
-            graph.register_generator_state(gen)
+            graph.register_generator_state(gen)  # pragma: cuda
         s.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             self.outputs[lr] = super().run(self.static_x, self.static_y, lr)
         self.pool = graph.pool()
         self.graphs[lr] = graph
 
-    def run(self, x: Tensor, y: Tensor, lr: float) -> Tuple[Tensor, Tensor, Tensor]:
+    def run(self, x: Tensor, y: Tensor, lr: float) -> Tuple[Tensor, Tensor, Tensor]:  # pragma: cuda
         if self.done < self.warmup:
             # Warm-up on a side stream, as torch.cuda.graphs requires; these are real training steps.
             side = torch.cuda.Stream()
@@ -166,7 +166,7 @@ class FallbackStep:
         if getattr(s.reg, "_compiled", None) is not None:
             s.reg._compiled = None
         if s.device.type == "cuda":
-            torch.cuda.synchronize(s.device)
+            torch.cuda.synchronize(s.device)  # pragma: cuda
         s.optimizer.zero_grad(set_to_none=True)
         self.mode, self.inner, self.proven = "eager", EagerStep(s), True
 
