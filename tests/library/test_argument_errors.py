@@ -1,12 +1,13 @@
 """The library's argument errors, each with the message a user reads: powers, reductions, neuron tensors, eps,
-regularisers that select no layer, projection and power-iteration counts, exclusions that leave nothing."""
+regularisers that select no layer, projection and power-iteration counts, exclusions that leave nothing, lazy layers;
+and which layers are found under wrappers (DataParallel, torch.compile) and when two modules share a weight."""
 import pytest
 import torch
 from torch import nn
 
 from comhe import regularizers
 from comhe.energy import canonical_power, energy_from_gram, hyperspherical_energy
-from comhe.layers import find_layers
+from comhe.layers import find_layers, unwrap
 
 
 def net():
@@ -65,3 +66,28 @@ def test_excluding_every_layer_is_refused():
     with pytest.raises(ValueError) as err:
         find_layers(net(), exclude=["0", "2", "4"])
     assert str(err.value) == "exclude=['0', '2', '4'] leaves no layer of Sequential to regularise"
+
+
+def test_wrapped_models_are_unwrapped_to_the_users_model():
+    class Compiled(nn.Module):   # torch.compile's OptimizedModule keeps the model as ``_orig_mod``
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    model = net()
+    assert unwrap(nn.DataParallel(Compiled(model))) is model
+    assert [layer.name for layer in find_layers(Compiled(nn.DataParallel(model)))] == ["0", "2", "4"]
+
+
+def test_a_lazy_layer_must_run_once_before_a_regulariser_is_built():
+    with pytest.raises(ValueError) as err:
+        find_layers(nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 2)))
+    assert str(err.value) == ("layer '0' is lazy and not initialised yet: run one forward pass before building a "
+                              "regulariser")
+
+
+def test_a_weight_shared_by_two_modules_is_regularised_once():
+    shared = nn.Linear(4, 4, bias=False)
+    tied = nn.Linear(4, 4, bias=False)
+    tied.weight = shared.weight
+    assert [layer.name for layer in find_layers(nn.Sequential(shared, nn.ReLU(), tied, nn.Linear(4, 2)))] == ["0", "3"]
