@@ -1,5 +1,5 @@
-"""``streams.TensorLoader``'s argument checks (each with its message) and its iterator protocol: ``next(iter(s))``
-is the same batch as ``s.next_batch()`` from the same seed."""
+"""``streams.TensorLoader``'s argument checks (each with its message; also the augmentation's padding limit) and its
+iterator protocol: ``next(iter(s))`` is the same batch as ``s.next_batch()`` from the same seed."""
 import pytest
 import torch
 
@@ -33,3 +33,11 @@ def test_iterating_gives_the_batches_of_next_batch():
     for _ in range(6):   # across the epoch boundary (4 batches an epoch)
         (xa, ya), (xb, yb) = next(a), b.next_batch()
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_padding_wider_than_the_image_is_refused():
+    from comhe.data.augment import augment_batch, draw_augment_params
+    params = draw_augment_params(2, torch.Generator().manual_seed(0), pad=4)
+    with pytest.raises(ValueError) as err:
+        augment_batch(images(2)[:, :, :3, :3], params, pad=4)
+    assert str(err.value) == "symmetric padding of 4 needs images of at least 4x4, got 3x3"
