@@ -49,6 +49,7 @@ def test_intact_records_are_sealed_and_an_old_unsealed_record_is_unverified(tmp_
     ("final.json", '{"status": "finished", "final_test_error": NaN}', "final_test_error = nan is not a percentage"),
     ("config.yaml", "model: [cnn9\n", "not YAML (while parsing a flow sequence)"),
     ("config.yaml", "- cnn9\n- resnet20\n", "not a YAML mapping"),
+    ("config.yaml", "[" * 5000, "not YAML (nested too deep)"),
     ("metrics.csv", "iteration,test_error\n1," + "9" * 200_000 + "\n",
      "not CSV (field larger than field limit (131072))"),
     ("metrics.csv", "step,test_error\n100,12.5\n", "no header with an iteration column"),
