@@ -61,7 +61,7 @@ def make_setup(model_key: str, regularizer: str, mode: str, bundle, batch: int =
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(device)  # pragma: cuda
 
 
 def time_steps(setup, steps: int) -> float:
@@ -281,7 +281,7 @@ def main(argv=None) -> None:
     if args.self_test:
         bundle = synthetic_bundle(device, train=SELF_TEST["train"], test=SELF_TEST["test"])
         regs, modes, steps, rounds, batch = ["none", "rp_comhe"], ["eager"], 2, 2, SELF_TEST["batch"]
-    else:
+    else:  # pragma: cuda
         bundle = synthetic_bundle(device)
         regs = ["none", "hs_mhe", "rp_comhe", "ap_comhe"] if args.quick else REGULARIZERS
         modes = ["eager", "cuda_graph"] if args.quick else ["eager", "cuda_graph", "compile"]

@@ -45,11 +45,6 @@ class LayerStack(nn.Module):
 STACKS = {"cnn9": lambda: LayerStack(cnn9_shapes()), "resnet56": lambda: LayerStack(resnet_cifar_shapes(56))}
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-
 def synthetic_bundle(device, classes: int = 100, train: int = 50000, test: int = 10000):
     """CIFAR-shaped random uint8 data already on ``device`` (for timing; CIFAR is not on benchmark machines)."""
     from ..data import tensor_bundle

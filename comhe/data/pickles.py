@@ -51,10 +51,6 @@ class CSRMatrix:
     indices: np.ndarray
     data: np.ndarray
 
-    @property
-    def nnz(self) -> int:
-        return int(self.indptr[-1])
-
     def rows(self) -> np.ndarray:
         """The row of every stored entry, int64 ``[nnz]``."""
         return np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))

@@ -170,7 +170,7 @@ def upload(tensors: Sequence[Tensor], device: torch.device) -> List[Tensor]:
     for group in by_dtype.values():
         packed = torch.cat([tensors[i].reshape(-1) for i in group])
         if device.type == "cuda":
-            packed = packed.pin_memory()
+            packed = packed.pin_memory()  # pragma: cuda
         packed = packed.to(device, non_blocking=True)
         for i, part in zip(group, packed.split([tensors[i].numel() for i in group])):
             out[i] = part.view(tensors[i].shape)

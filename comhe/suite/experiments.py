@@ -114,9 +114,6 @@ class Experiment:
     columns_given: List[str] = field(default_factory=list)  # COLUMNS= / --columns as given (``restrict``)
     results_given: str = ""                              # --results, where not the profile's default folder
 
-    def row(self, name: str) -> Row:
-        return next(r for r in self.rows if r.name == name)
-
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
 

@@ -45,15 +45,9 @@ RESULT_KEYS = ("final_test_error", "best_test_error", "final_test_accuracy", "be
 META_KEYS = ("git_sha", "device", "torch", "cuda", "host")
 
 
-def run_status(run: RunDir) -> Tuple[str, Optional[Dict[str, Any]]]:
-    """``done`` | ``diverged`` | ``damaged`` | ``partial`` | ``todo``, and final.json when it is a result."""
-    status, final, _ = checked_status(run)
-    return status, final
-
-
 def checked_status(run: RunDir) -> Tuple[str, Optional[Dict[str, Any]], Verdict]:
-    """``run_status`` and the seal's verdict (``seal.Verdict``): a finished run whose records fail their check is
-    ``damaged``, with no results."""
+    """``done`` | ``diverged`` | ``damaged`` | ``partial`` | ``todo``, final.json when it is a result, and the seal's
+    verdict (``seal.Verdict``): a finished run whose records fail their check is ``damaged``, with no results."""
     verdict = run.verify()
     if verdict.damaged:
         return "damaged", None, verdict

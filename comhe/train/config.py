@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
 
@@ -332,14 +332,3 @@ def normalize(cfg: Mapping[str, Any]) -> Dict[str, Any]:
 
 def dump(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False)
-
-
-def as_overrides(cfg: Mapping[str, Any]) -> List[str]:
-    """The differences from DEFAULTS as ``key=value`` strings (for readable run names and commands)."""
-    out = []
-    for key, value in cfg.items():
-        if key in OPEN_SECTIONS:
-            out += [f"{key}.{k}={v}" for k, v in value.items()]
-        elif value != DEFAULTS.get(key):
-            out.append(f"{key}={value}")
-    return out

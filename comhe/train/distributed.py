@@ -42,7 +42,7 @@ def init(device_type: str) -> DistContext:
         return DistContext()
     ctx = DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":  # else every rank's NCCL collectives outside DDP (barrier, broadcast) use GPU 0
-        torch.cuda.set_device(ctx.local_rank)
+        torch.cuda.set_device(ctx.local_rank)  # pragma: cuda
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return ctx
@@ -97,15 +97,6 @@ def ddp_options(device: torch.device) -> dict:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
-
-
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's ``obj`` on every rank (e.g. the checkpoint state to resume from)."""
-    if not ctx.enabled:
-        return obj
-    box = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -51,7 +51,7 @@ def resolve_device(cfg: Mapping[str, Any], ctx: distributed.DistContext) -> torc
         raise ValueError(f"device {cfg['device']!r} but this machine has no usable CUDA device: use device=auto "
                          "or device=cpu")
     if device.type == "cuda" and ctx.enabled:
-        device = torch.device(f"cuda:{ctx.local_rank}")
+        device = torch.device(f"cuda:{ctx.local_rank}")  # pragma: cuda
     return device
 
 
@@ -93,7 +93,7 @@ def prepare(cfg: Dict[str, Any], ctx: Optional[distributed.DistContext] = None, 
     channels_last = device.type == "cuda" if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
     channels_last = channels_last and bundle.kind != "points"  # a memory format of 4-d images; points are [B, 3, N]
     if ctx.enabled and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # pragma: cuda
     model = model.to(device)
     if channels_last:  # parameters only: Module.to's memory_format applies to 4-D tensors
         model = model.to(memory_format=torch.channels_last)

@@ -101,7 +101,7 @@ class GraphStep(EagerStep):
         s = self.s
         graph = torch.cuda.CUDAGraph()
         for gen in _generators(s.reg):
-            graph.register_generator_state(gen)
+            graph.register_generator_state(gen)  # pragma: cuda
         s.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.device(self.device), torch.cuda.graph(graph, pool=self.pool, stream=self.side,
                                                               capture_error_mode="thread_local"):
@@ -286,7 +286,7 @@ class FallbackStep:
         if getattr(s.reg, "_compiled", None) is not None:
             s.reg._compiled = None
         if s.device.type == "cuda":
-            torch.cuda.synchronize(s.device)
+            torch.cuda.synchronize(s.device)  # pragma: cuda
         s.optimizer.zero_grad(set_to_none=True)
         self.mode, self.inner, self.proven = "eager", EagerStep(s), True
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -268,10 +269,14 @@ def test_ctrl_c_stops_waiting_and_reports_the_run_as_locked(tiny):
     plan, runs_root = tiny
     holder = RunDir(runs_root / plan.runs[0].name)
     holder.lock()
+    # A suite started in the background (`nohup make test &`, some CI shells) inherits SIGINT ignored; Python then
+    # installs no handler, interrupt_main does nothing, and the runner would wait for the held lock forever.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         out = _Watch(lambda: threading.Timer(0.2, _thread.interrupt_main).start())   # Ctrl-C while sleeping
         assert runner.train(plan, runs_root, out=out, poll_s=2.0) == {"skipped": 0, "finished": 1, "locked": 1}
     finally:
+        signal.signal(signal.SIGINT, previous)
         holder.unlock()
     assert "stopped waiting: 1 run(s) left to the other process" in out.getvalue()
     assert holder.status() == "todo"
