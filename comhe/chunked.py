@@ -150,6 +150,8 @@ def chunk_energy(x: Tensor, columns: bool, chunk: Chunk, s: Power, eps: float,
                                                           grad is not None, row0)
         total.add_(value.sum((1, 2)))
         if grad is not None:
+            if slope is None:
+                raise RuntimeError("_pair_terms returned no slopes although they were asked for")
             dot[:, rows] = slope_dot_cos
             if columns:
                 z.baddbmm_(part, slope)
@@ -178,7 +180,7 @@ def chunked_energy(plan, s: Power, eps: float, columns: Sequence[bool], rows: Se
     chunks, covered = plan.chunks(shapes)
     grads = [(torch.empty_like(r) if full else torch.zeros_like(r)) if need else None
              for r, full, need in zip(rows, covered, needs_grad)]
-    energies = []
+    chunk_energies: List[Tensor] = []
     for chunk in chunks:
         col, n = columns[chunk.bucket], chunk.neurons
         part = slice(chunk.first, chunk.first + chunk.count)
@@ -187,6 +189,6 @@ def chunked_energy(plan, s: Power, eps: float, columns: Sequence[bool], rows: Se
         g = grads[chunk.bucket]
         if g is not None:
             g = g[part][:, :, :n] if col else g[part][:, :n]
-        energies.append(chunk_energy(x, col, chunk, s, eps, g))
-    energies = torch.cat(energies) if energies else rows[0].new_zeros(0)
+        chunk_energies.append(chunk_energy(x, col, chunk, s, eps, g))
+    energies = torch.cat(chunk_energies) if chunk_energies else rows[0].new_zeros(0)
     return torch.dot(energies, plan.block_weight), energies, grads

@@ -78,7 +78,7 @@ PAIR_TERMS: Dict[Power, Callable[[Tensor], Tensor]] = {
 POWERS = tuple(PAIR_TERMS)
 
 
-def canonical_power(s: Power) -> Power:
+def canonical_power(s: object) -> Power:
     """``0, 1, 2`` (int or str) or ``"a0", "a1", "a2"``; anything else raises ``ValueError`` listing the valid ones."""
     if isinstance(s, bool):  # bool is an int subclass; True is not a power
         s = str(s)
@@ -88,7 +88,7 @@ def canonical_power(s: Power) -> Power:
         s = int(s)
     if isinstance(s, str):
         s = s.strip().lower()
-    if s not in PAIR_TERMS:
+    if not isinstance(s, (int, str)) or s not in PAIR_TERMS:  # (a list is not hashable: no ``in`` before this)
         raise ValueError(f"unknown power s={s!r}; valid: {', '.join(map(str, POWERS))}")
     return s
 

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 REGULARISABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+Regularisable = Union[nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear]
 ROLES = ("input", "hidden", "output")
 LAYER_SETS = {"both": ("input", "hidden", "output"), "hidden": ("input", "hidden"), "output": ("output",)}
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -44,7 +45,7 @@ class Layer:
     """One regularisable layer: its name in the model, its weight, and its role."""
 
     name: str
-    weight: nn.Parameter
+    weight: Tensor  # an nn.Parameter, unless a parametrisation computes the module's weight
     role: str
 
     @property
@@ -86,7 +87,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def _is_classifier_candidate(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, REGULARISABLE) and all(k == 1 for k in module.kernel_size)
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in module.kernel_size)
 
 
 Patterns = Union[None, str, Iterable[str]]
@@ -95,8 +96,10 @@ Patterns = Union[None, str, Iterable[str]]
 def excluded_names(names: Sequence[str], exclude: Patterns) -> List[str]:
     """The names matched by the ``fnmatch`` patterns ``exclude`` (a string or several). Raises ``ValueError`` for a
     pattern that matches nothing, naming the valid names."""
-    patterns = [exclude] if isinstance(exclude, str) else list(exclude or ())
-    if not all(isinstance(p, str) and p for p in patterns):
+    iterable = isinstance(exclude, (list, tuple, set, frozenset)) or exclude is None
+    given: List[object] = [exclude] if isinstance(exclude, str) or not iterable else list(exclude or ())
+    patterns = [p for p in given if isinstance(p, str) and p]
+    if len(patterns) != len(given):
         raise ValueError(f"exclude must be module-name patterns (strings), got {exclude!r}")
     out: List[str] = []
     for pattern in patterns:
@@ -132,7 +135,7 @@ def forward_order(model: nn.Module, example_input) -> List[str]:
     return order
 
 
-def _warn_if_ambiguous(found: "OrderedDict[str, nn.Module]", classifier: str) -> None:
+def _warn_if_ambiguous(found: "OrderedDict[str, Regularisable]", classifier: str) -> None:
     chosen = found[classifier]
     names = list(found)
     readers = [n for n, m in found.items() if n != classifier and _is_classifier_candidate(m)
@@ -158,7 +161,7 @@ def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Pat
     unless ``warn=False`` (monitors, which only sum energies, have nothing to warn a user about).
     """
     model = unwrap(model)
-    found: "OrderedDict[str, nn.Module]" = OrderedDict()
+    found: "OrderedDict[str, Regularisable]" = OrderedDict()
     seen = set()
     for name, module in model.named_modules():
         if not isinstance(module, REGULARISABLE) or getattr(module, "weight", None) is None:
@@ -204,8 +207,10 @@ def find_layers(model: nn.Module, classifier: Optional[str] = None, exclude: Pat
 
 
 def left_out(model: nn.Module, chosen: Sequence[Layer], exclude: Patterns = None,
-             which: str = "both") -> List[Tuple[str, str]]:
-    """``(parameter name, why it is not regularised)`` for every parameter of ``model`` that no chosen layer holds."""
+             which: str = "both", frozen: Iterable[str] = ()) -> List[Tuple[str, str]]:
+    """``(parameter name, why it is not regularised)`` for every parameter of ``model`` that no chosen layer holds;
+    ``frozen``: the names of layers left out because their weight does not require a gradient."""
+    frozen = set(frozen)
     model = unwrap(model)
     held = {id(layer.weight) for layer in chosen}
     names = [n for n, m in model.named_modules() if isinstance(m, REGULARISABLE) and getattr(m, "weight", None)
@@ -217,7 +222,10 @@ def left_out(model: nn.Module, chosen: Sequence[Layer], exclude: Patterns = None
             if id(param) in held:
                 continue
             full = f"{module_name}.{param_name}" if module_name else param_name
-            out.append((full, _reason(module, module_name, param_name, excluded, which)))
+            why = ("frozen (requires_grad=False): include_frozen=True keeps it"
+                   if module_name in frozen and param_name == "weight" else
+                   _reason(module, module_name, param_name, excluded, which))
+            out.append((full, why))
             held.add(id(param))  # a parameter shared by two modules is listed once
     return out
 
@@ -243,8 +251,8 @@ def _reason(module: nn.Module, name: str, param: str, excluded: set, which: str)
 
 def select(layers: Sequence[Layer], which: str) -> List[Layer]:
     """Keep the layers of a layer set: ``"both"`` (all), ``"hidden"`` (input + hidden), ``"output"``."""
-    if which not in LAYER_SETS:
-        raise ValueError(f"unknown layer set {which!r}; valid: {', '.join(LAYER_SETS)}")
+    if not isinstance(which, str) or which not in LAYER_SETS:
+        raise ValueError(f"unknown layer set layers={which!r}; valid: {', '.join(LAYER_SETS)}")
     return [layer for layer in layers if layer.role in LAYER_SETS[which]]
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +67,24 @@ def plan_blocks(buckets: Sequence, term: Callable[[int], Tuple[int, bool, float]
     return blocks, offset
 
 
-class PairPlan(nn.Module):
+class ExactConstants(nn.Module):
+    """A module whose floating constants (loss weights) are rebuilt from their exact values at every conversion: a
+    regulariser built for float32 weights and then moved to float64 (``model.double()``) gets the float64 constants,
+    not float32 roundings of them (``1 / 15`` in float32 is off by 1e-8)."""
+
+    def register_constant(self, name: str, values: List[float], dtype: torch.dtype, device: torch.device) -> None:
+        self.__dict__.setdefault("_exact", {})[name] = list(values)
+        self.register_buffer(name, torch.tensor(values, dtype=dtype, device=device), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name, values in self.__dict__.get("_exact", {}).items():
+            now = self._buffers[name]
+            self._buffers[name] = torch.tensor(values, dtype=now.dtype, device=now.device)
+        return self
+
+
+class PairPlan(ExactConstants):
     """The packed entries of ``blocks``: index buffers on ``device`` (not in ``state_dict``), built when first needed
     (``indices``) if the plan is ``chunked`` there, else at once.
 
@@ -78,6 +95,13 @@ class PairPlan(nn.Module):
     unique pair (int32 indices), a third of the float Grams it reads. ``block_weight`` ``[blocks]``: each block's
     loss weight (the chunked path).
     """
+
+    segment_length: Tensor
+    segment_coef: Tensor
+    block_weight: Tensor
+    diag: Optional[Tensor]
+    pos: Optional[Tensor]
+    ab: Optional[Tensor]
 
     def __init__(self, blocks: Sequence[Block], total: int, num_layers: int, dtype: torch.dtype,
                  device: torch.device):
@@ -105,11 +129,11 @@ class PairPlan(nn.Module):
             self.copies[blk.layer] = self.copies.get(blk.layer, 0) + 1
         self.register_buffer("segment_length", torch.tensor([seg[0] for seg in segments], dtype=torch.long,
                                                             device=device), persistent=False)
-        self.register_buffer("segment_coef", torch.tensor([seg[1] * self.blocks[seg[2]].weight for seg in segments],
-                                                          dtype=dtype, device=device), persistent=False)
-        self.register_buffer("block_weight", torch.tensor([blk.weight for blk in self.blocks], dtype=dtype,
-                                                          device=device), persistent=False)
-        self._cpu_coefficients = None  # (key, coef [X]): see ``coefficients``
+        self.register_constant("segment_coef", [seg[1] * self.blocks[seg[2]].weight for seg in segments], dtype,
+                               device)
+        self.register_constant("block_weight", [blk.weight for blk in self.blocks], dtype, device)
+        # (key, coef [X]): see ``coefficients``
+        self._cpu_coefficients: Optional[Tuple[Tuple[torch.dtype, int], Tensor]] = None
         self._chunks: Dict[tuple, tuple] = {}
         self.cpu_chunked = self.num_entries > PACKED_CPU_ENTRIES
         for name in ("diag", "pos", "ab"):
@@ -130,12 +154,14 @@ class PairPlan(nn.Module):
     def indices(self) -> Tuple[Tensor, Tensor, Tensor]:
         """``(diag, pos, ab)``, built on the plan's device the first time they are asked for (call it eagerly before
         a compiled graph reads them)."""
-        if self.pos is None:
-            self.diag, self.pos, self.ab = self._build_indices(self.segment_coef.device)
+        if self.diag is None or self.pos is None or self.ab is None:  # built together: all None or none
+            diag, pos, ab = self._build_indices(self.segment_coef.device)
+            self.diag, self.pos, self.ab = diag, pos, ab
+            return diag, pos, ab
         return self.diag, self.pos, self.ab
 
     def _build_indices(self, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
-        like = dict(dtype=index_dtype(max(self.total, 1)), device=device)
+        dtype = index_dtype(max(self.total, 1))
         first, count = [], 0
         for blk in self.blocks:
             first.append(count)
@@ -147,18 +173,19 @@ class PairPlan(nn.Module):
         def pair_part(k: int) -> Tuple[Tensor, Tensor, Tensor]:
             blk = self.blocks[k]
             if blk.neurons not in triu:
-                triu[blk.neurons] = torch.triu_indices(blk.neurons, blk.neurons, 1, **like)
+                triu[blk.neurons] = torch.triu_indices(blk.neurons, blk.neurons, 1, dtype=dtype,
+                                                           device=device)
             i, j = triu[blk.neurons]
             return blk.offset + i * blk.stride + j, first[k] + i, first[k] + j
 
         def diag_part(k: int) -> Tuple[Tensor, Tensor, Tensor]:
             blk = self.blocks[k]
-            i = torch.arange(blk.neurons, **like)
+            i = torch.arange(blk.neurons, dtype=dtype, device=device)
             return blk.offset + i * (blk.stride + 1), first[k] + i, first[k] + i
 
         diag = [diag_part(k)[0] for k in range(len(self.blocks))]
         parts = [pair_part(k) for k in full + half] + [diag_part(k) for k in half]  # antipodal: a = b = i
-        empty = torch.zeros(0, **like)
+        empty = torch.zeros(0, dtype=dtype, device=device)
         pos, a, b = (torch.cat([p[n] for p in parts]) if parts else empty for n in range(3))
         return torch.cat(diag) if diag else empty, pos, torch.cat([a, b])
 

@@ -5,7 +5,7 @@ import difflib
 import typing
 from typing import Callable, Dict, Iterator, TypeVar
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Callable)
 
 
 class Registry:

@@ -40,7 +40,8 @@ def flat_view(weight: Tensor) -> Tuple[Tensor, Order]:
     logical order). A view whenever the weight is dense with dim 0 outermost; otherwise a row-major copy."""
     if weight.is_contiguous():
         return weight.view(-1), None
-    order = tuple(sorted(range(weight.dim()), key=lambda i: (-weight.stride(i), i)))
+    strides = weight.stride()
+    order = tuple(sorted(range(weight.dim()), key=lambda i: (-strides[i], i)))
     if order[0] == 0:
         permuted = weight.permute(order)
         if permuted.is_contiguous():
@@ -137,6 +138,8 @@ class Stack:
 class Stacker(nn.Module):
     """Builds the flat stack of ``layers`` as planned by ``buckets``; holds the zero blocks (a buffer)."""
 
+    zeros: Tensor
+
     def __init__(self, layers: Sequence[Layer], buckets: Sequence[Bucket], dtype: torch.dtype,
                  device: torch.device):
         super().__init__()
@@ -144,7 +147,9 @@ class Stacker(nn.Module):
         pads = [(b.num_neurons - n) * b.fan_in for b in buckets for n in b.neurons]
         self.register_buffer("zeros", torch.zeros(max(pads + [1]), dtype=dtype, device=device), persistent=False)
         self.total = sum(b.size for b in buckets) + 1  # the last entry is the zero padded coordinates read
-        self._index_cache: Dict[tuple, Optional[Tensor]] = {}
+        # the gather indices, per layout and device (``logical_index``, ``group_index``)
+        self._logical_cache: Dict[tuple, Optional[Tensor]] = {}
+        self._group_cache: Dict[tuple, Tuple[Tensor, List[Tuple[int, int, int]]]] = {}
 
     @property
     def zero_slot(self) -> int:
@@ -155,7 +160,8 @@ class Stacker(nn.Module):
         if weights[0].device != self.zeros.device:
             raise ValueError(f"the regulariser's tensors are on {self.zeros.device} but the model's weights are on "
                              f"{weights[0].device}: build it after model.to(device), or move it too (reg.to(device))")
-        pieces, orders = [], [None] * len(weights)
+        pieces: List[Tensor] = []
+        orders: List[Order] = [None] * len(weights)
         for bucket in self.buckets:
             for i, n in zip(bucket.layers, bucket.neurons):
                 flat, orders[i] = flat_view(weights[i])
@@ -190,20 +196,20 @@ class Stacker(nn.Module):
         """The gather index of ``Stack.logical`` for these buckets under these memory orders (``None``: all
         row-major, views suffice); built once per distinct layout and cached."""
         layout = self._layout(buckets, orders)
-        key = ("logical", tuple(buckets), layout, device)
-        if key not in self._index_cache:
-            self._index_cache[key] = None if all(o is None for o in layout) else \
+        key = (tuple(buckets), layout, device)
+        if key not in self._logical_cache:
+            self._logical_cache[key] = None if all(o is None for o in layout) else \
                 torch.cat([self._positions(b, orders).view(-1) for b in buckets]).to(
                     device=device, dtype=index_dtype(self.total))
-        return self._index_cache[key]
+        return self._logical_cache[key]
 
     def group_index(self, buckets: Sequence[int], groups: Sequence[int], orders: Tuple[Order, ...],
-                    device: torch.device) -> Tuple[Tensor, List[Tuple[int, ...]]]:
+                    device: torch.device) -> Tuple[Tensor, List[Tuple[int, int, int]]]:
         """One gather index for G-CoMHE over ``buckets``, and each bucket's shape ``[L * groups, N, size]`` in it:
         every neuron split into ``groups`` contiguous groups of ``size = ceil(d / groups)`` logical coordinates, the
         last zero-padded."""
-        key = ("group", tuple(buckets), tuple(groups), self._layout(buckets, orders), device)
-        if key not in self._index_cache:
+        key = (tuple(buckets), tuple(groups), self._layout(buckets, orders), device)
+        if key not in self._group_cache:
             parts, shapes = [], []
             for b, count in zip(buckets, groups):
                 positions = self._positions(b, orders)  # [L, N, d]
@@ -213,13 +219,13 @@ class Stacker(nn.Module):
                 padded[..., :d] = positions
                 parts.append(padded.view(L, N, count, size).transpose(1, 2).reshape(-1))
                 shapes.append((L * count, N, size))
-            self._index_cache[key] = (torch.cat(parts).to(device=device, dtype=index_dtype(self.total)), shapes)
-        return self._index_cache[key]
+            self._group_cache[key] = (torch.cat(parts).to(device=device, dtype=index_dtype(self.total)), shapes)
+        return self._group_cache[key]
 
     def extra_repr(self) -> str:
         return ", ".join(f"{'projected ' if b.projected else ''}[{len(b.layers)}, {b.num_neurons}, {b.fan_in}]"
                          for b in self.buckets)
 
     def _apply(self, fn, recurse=True):  # a move (reg.to(device)) invalidates the cached indices
-        self._index_cache = {}
+        self._logical_cache, self._group_cache = {}, {}
         return super()._apply(fn, recurse)

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 
@@ -47,7 +47,8 @@ REGULARIZERS = ["none", "mhe", "hs_mhe", "rp_comhe", "ap_comhe", "adv_comhe", "g
 MODELS = {"cnn9": {"model": "cnn9", "dataset": "cifar100"}, "resnet32": {"model": "resnet32", "dataset": "cifar100",
                                                                        "loss": "cross_entropy"}}
 # --self-test: the same code on the CPU at toy sizes, so the script's plumbing is tested without a GPU.
-SELF_TEST = {"model_options": {"cnn9": {"width": 0.5}, "resnet32": {}}, "train": 512, "test": 256, "batch": 16}
+SELF_TEST: Dict[str, Any] = {"model_options": {"cnn9": {"width": 0.5}, "resnet32": {}}, "train": 512, "test": 256,
+                             "batch": 16}
 
 
 def make_setup(model_key: str, regularizer: str, mode: str, bundle, batch: int = 128, self_test: bool = False):
@@ -60,14 +61,14 @@ def make_setup(model_key: str, regularizer: str, mode: str, bundle, batch: int =
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(device)  # pragma: cuda
 
 
 def time_steps(setup, steps: int) -> float:
     """Seconds per step over ``steps`` steps (synchronised with the device at both ends), on batches laid out as the
     engine lays them out (channels_last on CUDA)."""
     lr = setup.cfg["lr"]
-    batches = [engine.to_device(*setup.loader.next_batch(), setup) for _ in range(4)]
+    batches = [engine.next_batch_on_device(setup) for _ in range(4)]
     sync(setup.device)
     start = time.perf_counter()
     for i in range(steps):
@@ -102,18 +103,28 @@ def step_table(bundle, models: List[str], regs: List[str], modes: List[str], ste
                 try:
                     s = make_setup(model_key, reg, mode, bundle, batch, self_test)
                     time_steps(s, 2 if self_test else 8)  # warm-up: graph capture, compilation, cuDNN autotuning
-                    setups[key] = s
+                    error = fell_back(s, mode)
+                    if not error:
+                        setups[key] = s
                 except Exception as err:  # record and go on: one broken mode must not hide the others
-                    rows.append({"model": model_key, "regularizer": reg, "mode": mode, "error": repr(err)[:200]})
+                    error = repr(err)[:200]
+                if error:
+                    rows.append({"model": model_key, "regularizer": reg, "mode": mode, "error": error})
     samples: Dict[tuple, List[float]] = {k: [] for k in setups}
     for round_index in range(rounds):
         if round_index and time.time() > rounds_until:
             break
         for key, s in setups.items():
+            if key not in samples:
+                continue
             try:
                 samples[key].append(time_steps(s, steps))
+                error = fell_back(s, key[2])  # e.g. a re-capture that failed: its times are not the mode's
             except Exception as err:
-                rows.append({"model": key[0], "regularizer": key[1], "mode": key[2], "error": repr(err)[:200]})
+                error = repr(err)[:200]
+            if error:
+                rows.append({"model": key[0], "regularizer": key[1], "mode": key[2], "error": error})
+                del samples[key]
     flops = {m: 3 * forward_flops(next(s.model for k, s in setups.items() if k[0] == m), (3, 32, 32), device)
              for m in models if any(k[0] == m for k in setups)}
     for key, times in samples.items():
@@ -123,10 +134,21 @@ def step_table(bundle, models: List[str], regs: List[str], modes: List[str], ste
         t = statistics.median(times)
         base = samples.get((model_key, "none", mode)) or [float("nan")]
         achieved = flops[model_key] * batch / t
-        rows.append({"model": model_key, "regularizer": reg, "mode": mode, "batch": batch, "step_ms": 1e3 * t,
-                     "ratio_to_baseline": t / statistics.median(base), "images_per_s": batch / t,
-                     "mfu_percent": 100 * achieved / peak if peak else "", "error": ""})
+        row: Dict[str, Any] = {"model": model_key, "regularizer": reg, "mode": mode, "batch": batch,
+                               "step_ms": 1e3 * t, "ratio_to_baseline": t / statistics.median(base),
+                               "images_per_s": batch / t, "mfu_percent": 100 * achieved / peak if peak else "",
+                               "error": ""}
+        rows.append(row)
     return rows
+
+
+def fell_back(setup, mode: str) -> str:
+    """Why ``setup``'s step no longer runs ``mode`` ("" while it does). A mode that failed its self-check or its
+    capture trains on as eager (``steps.FallbackStep``): timed under the mode's label it would look like the mode, so
+    it is recorded as failed and never chosen (``best_modes`` skips rows with an error)."""
+    if setup.step.mode == mode:
+        return ""
+    return f"fell back to {setup.step.mode}: {setup.step.meta.get('step_fallback', 'no reason recorded')}"[:300]
 
 
 def protocol_time(bundle, mode: str, step_ms: float, self_test: bool = False) -> Dict:
@@ -143,11 +165,14 @@ def protocol_time(bundle, mode: str, step_ms: float, self_test: bool = False) ->
 
 def _ready(proc: subprocess.Popen, deadline: float) -> bool:
     """Whether ``proc`` printed READY before ``deadline`` (a ``time.time()``); never blocks past it."""
+    stdout = proc.stdout
+    if stdout is None:
+        raise ValueError("the worker was started without stdout=PIPE")
     while time.time() < deadline:
-        readable, _, _ = select.select([proc.stdout], [], [], max(deadline - time.time(), 0.0))
+        readable, _, _ = select.select([stdout], [], [], max(deadline - time.time(), 0.0))
         if not readable:
             break
-        line = proc.stdout.readline()
+        line = stdout.readline()
         if not line:  # exited
             return False
         if line.strip() == "READY":
@@ -256,7 +281,7 @@ def main(argv=None) -> None:
     if args.self_test:
         bundle = synthetic_bundle(device, train=SELF_TEST["train"], test=SELF_TEST["test"])
         regs, modes, steps, rounds, batch = ["none", "rp_comhe"], ["eager"], 2, 2, SELF_TEST["batch"]
-    else:
+    else:  # pragma: cuda
         bundle = synthetic_bundle(device)
         regs = ["none", "hs_mhe", "rp_comhe", "ap_comhe"] if args.quick else REGULARIZERS
         modes = ["eager", "cuda_graph"] if args.quick else ["eager", "cuda_graph", "compile"]

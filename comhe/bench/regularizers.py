@@ -15,10 +15,11 @@ objective ``proj_iters`` + 1 times (twice for the look-ahead) and are reported, 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections import Counter
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -82,7 +83,7 @@ def official_style_loss(name: str, model: torch.nn.Module, proj_dim: int = 40, n
     return total
 
 
-def measure(step: Callable[[], torch.Tensor], model: torch.nn.Module, repeats: int) -> Dict[str, float]:
+def measure(step: Callable[[], torch.Tensor], model: torch.nn.Module, repeats: int) -> Dict[str, Any]:
     def run() -> None:
         for p in model.parameters():
             p.grad = None
@@ -101,14 +102,19 @@ def measure(step: Callable[[], torch.Tensor], model: torch.nn.Module, repeats: i
             "cpu_ms": 1e3 * statistics.median(times) if times else float("nan")}
 
 
+def loss_of(reg: torch.nn.Module) -> Callable[[], torch.Tensor]:
+    """The regulariser's loss as a no-argument step (its stats off), bound to this ``reg``."""
+    return lambda: reg(lr=0.1, stats=False)[0]
+
+
 def channels_last_ops(name: str, make: Callable[[], torch.nn.Module]) -> int:
     """The op count with every conv weight stored channels_last (how the engine holds them on CUDA)."""
     model = make().to(memory_format=torch.channels_last)
     reg = regularizers.build(name, model)
-    return measure(lambda: reg(lr=0.1, stats=False)[0], model, 0)["ops"]
+    return int(measure(loss_of(reg), model, 0)["ops"])
 
 
-def main(argv: List[str] = None) -> List[Dict[str, object]]:
+def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="results/bench/regularizers.csv")
@@ -119,7 +125,7 @@ def main(argv: List[str] = None) -> List[Dict[str, object]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for stack_name, make in STACKS.items():
         model = make()
         for name in regularizers.names():
@@ -127,11 +133,11 @@ def main(argv: List[str] = None) -> List[Dict[str, object]]:
                 continue
             reg = regularizers.build(name, model)
             rows.append({"stack": stack_name, "regularizer": name, "impl": "comhe",
-                         **measure(lambda: reg(lr=0.1, stats=False)[0], model, args.repeats),
+                         **measure(loss_of(reg), model, args.repeats),
                          "ops_channels_last": channels_last_ops(name, make)})
         for name in ("hs_mhe", "rp_comhe"):
             rows.append({"stack": stack_name, "regularizer": name, "impl": "official-style loop",
-                         **measure(lambda: official_style_loss(name, model), model, args.repeats)})
+                         **measure(functools.partial(official_style_loss, name, model), model, args.repeats)})
     for row in rows:
         goal = GOALS.get((row["regularizer"], row["stack"])) if row["impl"] == "comhe" else None
         row["goal_ops"] = goal or ""

@@ -10,7 +10,8 @@ from torch import nn
 
 def cnn9_shapes(classes: int = 100, width: int = 64) -> List[Tuple[int, ...]]:
     """CNN-9 (docs/reference.md §2): 3 stages x 3 convs (64/128/256), fc6 4x4 conv, 1x1 classifier."""
-    shapes, cin = [], 3
+    shapes: List[Tuple[int, ...]] = []
+    cin = 3
     for c in (width, 2 * width, 4 * width):
         for _ in range(3):
             shapes.append((c, cin, 3, 3))
@@ -36,17 +37,12 @@ class LayerStack(nn.Module):
         super().__init__()
         for i, shape in enumerate(shapes):
             layer = nn.Linear(shape[1], shape[0], bias=False) if len(shape) == 2 else \
-                nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)
+                nn.Conv2d(shape[1], shape[0], (shape[2], shape[3]), bias=False)
             nn.init.normal_(layer.weight, std=math.sqrt(2.0 / layer.weight[0].numel()))
             self.add_module(f"layer{i}", layer)
 
 
 STACKS = {"cnn9": lambda: LayerStack(cnn9_shapes()), "resnet56": lambda: LayerStack(resnet_cifar_shapes(56))}
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
 
 
 def synthetic_bundle(device, classes: int = 100, train: int = 50000, test: int = 10000):

@@ -43,7 +43,8 @@ def main(argv=None):
     setups = {}
     for reg in args.regularizers.split(","):
         cfg = config.resolve(base={"model": "cnn9", "model_options": {"width": args.width}, "regularizer": reg,
-                                   "device": "cpu"})
+                                   "device": "cpu", "threads": args.threads,
+                                   "flush_subnormals": not args.keep_subnormals})  # prepare() applies both
         s = engine.prepare(cfg, bundle=bundle)
         batches = [s.loader.next_batch() for _ in range(4)]
         for x, y in batches:  # warm-up: allocator, thread pool, lazily built state (AP momentum-free P steps)

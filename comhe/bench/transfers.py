@@ -206,7 +206,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
           f"host check every {engine.CHECK_EVERY})")
     for kind in ("sync", "pageable copy", "pinned copy", "host operand"):
         print(f"  {kind:<14} {counts.get(kind, 0):>4}  ({counts.get(kind, 0) / window:.3f} per iteration)")
-    shown = Counter()
+    shown: Counter = Counter()
     for it, kind, what in tags.events:
         if first < it <= last and shown[(kind, what)] < 3:
             shown[(kind, what)] += 1

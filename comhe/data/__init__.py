@@ -4,7 +4,7 @@
 module              what
 ==================  ===============================================================================
 ``bundle.py``       ``DataBundle`` (what the engine trains on), the ``DATASETS`` registry, ``build``
-``cifar.py``        ``cifar10``, ``cifar100``, ``synthetic`` (tiny CIFAR in the real format)
+``cifar.py``        ``cifar10``, ``cifar100``, ``synthetic`` (tiny CIFAR, real format; ``pickles.py`` reads them)
 ``fashion_mnist.py````fashion_mnist``
 ``imagenet.py``     ``imagenet``, ``synthetic_imagenet``
 ``imagefolder.py``  ``image_folder``: small-image class folders as a CIFAR-style tensor bundle
@@ -17,7 +17,7 @@ module              what
 ``modelnet.py``     ``modelnet40``, ``synthetic_modelnet40`` (HDF5 point clouds; h5py: the ``points`` extra)
 ``points.py``       point-cloud batches and the PointNet / PointNet++ augmentations on the device
 ``synthetic_points.py`` point clouds written in the ModelNet-40 HDF5 layout
-``archives.py``     safe archive extraction
+``archives.py``     safe archive extraction: bounded, one release folder, extracted aside and moved into place
 ==================  ===============================================================================
 
 This layer imports the library's ``registry`` and nothing of models, training or the suite.
@@ -32,3 +32,4 @@ from .bundle import (DATASETS, DataBundle, DatasetUnavailable, build, data_root,
                      locate, offline, option_defaults, removed_if_failed, takes_workers, tensor_bundle)
 from .bundle import NODE_DATASETS, probe, task  # noqa: F401
 from .planetoid import GraphBundle  # noqa: F401
+from .streams import loader_workers  # noqa: F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any, Dict
 
 import torch
 
@@ -44,14 +45,14 @@ def _imagenet_bundle(name: str, top: Path, device: torch.device, image_size: int
     if test.classes != train.classes:  # ImageFolder numbers classes per split: a missing one shifts every label
         raise DatasetUnavailable(f"{top}/val has classes that differ from {top}/train "
                                  f"({len(test.classes)} vs {len(train.classes)}); both need the same class folders")
-    loader_args = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    loader_args: Dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
 
     def train_loader(batch_size: int, seed: int, rank: int = 0, world_size: int = 1, augment: bool = True):
         """An unbounded, resumable stream of batches (``LoaderStream``) over this rank's shard of each epoch."""
         data = train if augment else plain_train
         # DistributedSampler also for one process: the order is a function of (seed, epoch) only.
-        sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                     drop_last=True)
+        sampler: DistributedSampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True,
+                                                         seed=seed, drop_last=True)
         return LoaderStream(data, batch_size, sampler, seed, **loader_args)
 
     def test_loader(batch_size: int, rank: int = 0, world_size: int = 1):

@@ -6,13 +6,14 @@ Layout (``root/modelnet40_ply_hdf5_2048/``): ``ply_data_train0..4.h5`` (9,840 sh
 ``test_files.txt`` (one h5 path a line, relative to the official repository: ``data/modelnet40_ply_hdf5_2048/...``;
 only the file name is used here). Other keys and files of the release are not read.
 
-* Reading needs h5py, an optional extra (``pip install 'comhe[points]'``), imported only here and only when used.
+* Reading needs h5py, an optional extra (``pip install -e '.[points]'``), imported only here and only when used.
 * The first ``num_points`` (1,024) points of each shape are kept, as the official ``train.py`` does.
 * Every h5 file is checked against ``MD5``, the sums that third-party loaders pin (not verified by this project
   against the original release; ``COMHE_MODELNET40_MD5=off`` skips the check for a copy you trust). A mismatch, a
   missing file or key, a wrong shape or dtype, or a label outside the class list stops with one line naming the file.
 * ``download=True`` fetches ``URL`` (``COMHE_MODELNET40_URL`` overrides it: a mirror or a ``file://`` path) into
-  ``root``, extracts it with ``archives.extract_zip`` (nothing outside ``root``) and checks the md5s.
+  ``root``, extracts it with ``archives.extract_release`` (bounded; only ``root/modelnet40_ply_hdf5_2048`` is
+  written) and checks the md5s.
 
 Datasets: ``modelnet40`` (the release) and ``synthetic_modelnet40`` (files in the same layout written by
 ``synthetic_points.write_modelnet40``, read by the same code against the md5s recorded when they were written).
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from . import synthetic_points
-from .archives import extract_zip
+from .archives import extract_release
 from .bundle import DATASETS, LOCATORS, WRITE, DataBundle, DatasetUnavailable, offline
 from .points import AUGMENTATIONS, PointCloudLoader, eval_point_batches
 
@@ -48,7 +49,11 @@ MD5 = {"ply_data_train0.h5": "3176385ffc31a7b6b5af22191fd920d1",
        "ply_data_test0.h5": "e9732e6d83b09e79e9a7617df058adee",
        "ply_data_test1.h5": "aba4b12a67c34391cc3c015a6f08ed4b"}
 NUM_CLASSES = 40
-EXTRA = "pip install 'comhe[points]'"
+# What the release can be, for the extraction's bounds: 7 h5 files of <= 2,048 shapes x 2,048 points x (xyz, normal,
+# face id) 4-byte values (12,311 shapes: ~710 MB in all, ~120 MB each) and a few text files.
+RELEASE_MEMBERS = 32
+RELEASE_BYTES = 1 << 30
+EXTRA = "pip install -e '.[points]'"
 
 
 def import_h5py():
@@ -193,10 +198,9 @@ def ensure(root: Path, download_ok: bool) -> Path:
         if not download_ok or offline():
             raise DatasetUnavailable(_not_found(root, download_ok))
         archive = download(os.environ.get("COMHE_MODELNET40_URL") or URL, root)
-    extract_zip(archive, root)
-    if not (folder / "train_files.txt").is_file():
-        raise DatasetUnavailable(f"{archive} holds no {FOLDER}/train_files.txt: not the {FOLDER} release")
-    return folder
+    # extracted aside, checked, moved into place: nothing outside root/FOLDER is ever written (archives.py)
+    return extract_release(archive, root, FOLDER, RELEASE_MEMBERS, RELEASE_BYTES,
+                           required=("train_files.txt", "test_files.txt", "shape_names.txt"))
 
 
 def points_bundle(name: str, train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
@@ -245,7 +249,11 @@ def _synthetic_modelnet40(root: Path, device: torch.device, download: bool, num_
     if synthetic_points.read_manifest(where / FOLDER).get("params") != params:
         partial = root / f".{where.name}.partial{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        synthetic_points.write_modelnet40(partial, **params)
+        try:
+            synthetic_points.write_modelnet40(partial, **params)
+        except BaseException:  # a full disk, Ctrl-C: no half-written copy is left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         try:
             partial.rename(where)
         except OSError:  # another process got there first; its files are identical

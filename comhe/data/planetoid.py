@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -86,8 +86,8 @@ class GraphBundle:
     kind: str = "graph"
 
     def to(self, device) -> "GraphBundle":
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return GraphBundle(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in moved.items()})
+        moved: Dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        return GraphBundle(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in moved.items()})  # type: ignore[arg-type]
 
 
 # --- files: checks, download, atomic writes ------------------------------------------------------------------------
@@ -185,9 +185,9 @@ def _test_index(path: Path, payload: bytes) -> np.ndarray:
     return ids
 
 
-def read_raw(folder: Path, name: str) -> Dict[str, object]:
+def read_raw(folder: Path, name: str) -> Dict[str, Any]:
     """The eight files parsed (CSR matrices, int arrays, the neighbour dict, the test ids), checked for type."""
-    out: Dict[str, object] = {}
+    out: Dict[str, Any] = {}
     kinds = {"x": CSRMatrix, "tx": CSRMatrix, "allx": CSRMatrix, "y": np.ndarray, "ty": np.ndarray,
              "ally": np.ndarray, "graph": dict}
     for part in PARTS:
@@ -200,7 +200,7 @@ def read_raw(folder: Path, name: str) -> Dict[str, object]:
             value = safe_loads(payload)
         except UnsafePickle as err:
             raise DatasetUnavailable(f"{path} {err}; refused, nothing loaded") from None
-        if not isinstance(value, kinds[part]) or (part.endswith("y") and np.ndim(value) != 2):
+        if not isinstance(value, kinds[part]) or (part.endswith("y") and np.ndim(value) != 2):  # type: ignore[arg-type]
             raise DatasetUnavailable(f"{path} holds a {type(value).__name__}, expected a {kinds[part].__name__}")
         out[part] = value
     return out
@@ -219,7 +219,7 @@ def _sparse(rows, cols, values, shape) -> Tensor:
                                    check_invariants=False).coalesce()
 
 
-def assemble(raw: Dict[str, object], name: str, where: Path) -> GraphBundle:
+def assemble(raw: Dict[str, Any], name: str, where: Path) -> GraphBundle:
     """The graph as ``tkipf/gcn`` builds it (module docstring), from ``read_raw``'s output."""
     allx, tx, x, test_ids = raw["allx"], raw["tx"], raw["x"], raw["test.index"]
     ally, ty, y = raw["ally"], raw["ty"], raw["y"]

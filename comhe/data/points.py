@@ -151,7 +151,9 @@ class PointCloudLoader(EpochStream):
             raise ValueError(f"labels must be [S] = [{points.shape[0]}], got {tuple(labels.shape)}")
         self.draw_params = AUGMENTATIONS.get(augmentation)
         self.points, self.labels, self.augmentation = points, labels.long(), augmentation
-        self._matrix = self._shift = self._order = None
+        self._matrix: Optional[Tensor] = None
+        self._shift: Optional[Tensor] = None
+        self._order: Optional[Tensor] = None
         self._seeds: List[int] = []
         self._jitter_generator: Optional[torch.Generator] = None  # on the clouds' device, made at the first batch
         super().__init__(points.shape[0], batch_size, seed, rank, world_size, True, points.device)
@@ -161,7 +163,8 @@ class PointCloudLoader(EpochStream):
 
     def pack(self, draws: List[PointAugmentParams]) -> List[Tensor]:
         out = [torch.cat([d.matrix for d in draws]), torch.cat([d.shift for d in draws])]
-        return out + ([torch.stack([d.order for d in draws])] if draws[0].order is not None else [])
+        orders = [d.order for d in draws if d.order is not None]
+        return out + ([torch.stack(orders)] if orders else [])
 
     def unpack(self, tensors: List[Tensor], draws: List) -> None:
         self._matrix, self._shift = (tensors[0], tensors[1]) if tensors else (None, None)
@@ -170,7 +173,7 @@ class PointCloudLoader(EpochStream):
 
     def make_batch(self, idx: Tensor, step: int, rows: slice, mine: slice) -> Tuple[Tensor, Tensor]:
         x, y = self.points[idx], self.labels[idx]
-        if self._matrix is None:
+        if self._matrix is None or self._shift is None:
             return x, y
         seed = self._seeds[step]
         params = PointAugmentParams(self._matrix[rows], self._shift[rows], seed,

@@ -13,7 +13,8 @@ checkpoint resumes the exact stream.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+import os
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -162,14 +163,14 @@ class EpochStream:
 def upload(tensors: Sequence[Tensor], device: torch.device) -> List[Tensor]:
     """CPU ``tensors`` on ``device``, one copy per dtype (pinned on CUDA: asynchronous, and a fresh buffer per call is
     never overwritten while the copy runs); returned in their order and shapes."""
-    out: List[Optional[Tensor]] = [None] * len(tensors)
+    out: List[Tensor] = list(tensors)  # each entry replaced by its device copy below
     by_dtype: Dict[torch.dtype, List[int]] = {}
     for i, t in enumerate(tensors):
         by_dtype.setdefault(t.dtype, []).append(i)
     for group in by_dtype.values():
         packed = torch.cat([tensors[i].reshape(-1) for i in group])
         if device.type == "cuda":
-            packed = packed.pin_memory()
+            packed = packed.pin_memory()  # pragma: cuda
         packed = packed.to(device, non_blocking=True)
         for i, part in zip(group, packed.split([tensors[i].numel() for i in group])):
             out[i] = part.view(tensors[i].shape)
@@ -217,6 +218,30 @@ class TensorLoader(EpochStream):
         return {**super().identity(), "augment": self.augment}
 
 
+def loader_workers(workers="auto", processes: int = 1, cores: Optional[int] = None) -> int:
+    """DataLoader workers per process: ``workers`` as given, or for ``auto`` the cores this process may use over the
+    ``processes`` training at once, less one each for the process itself (16 cores, 4 jobs: 3 workers a job)."""
+    if workers != "auto":
+        return int(workers)
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, cores // max(processes, 1) - 1)
+
+
+class _EpochOrder:
+    """The sampler of a run's one DataLoader: the indices of the current epoch from the current step, set before
+    each ``iter(loader)`` (persistent workers keep running between epochs; only the order is new)."""
+
+    def __init__(self):
+        self.indices: List[int] = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class LoaderStream:
     """The ``TensorLoader`` interface over a ``DataLoader`` (ImageNet): unbounded and resumable mid-epoch.
 
@@ -224,6 +249,8 @@ class LoaderStream:
     skips its first ``k`` batches of *indices* (no image is decoded for them). With ``num_workers=0`` the random
     crops come from the global torch RNG, which checkpoints hold, so a resumed run sees bitwise the same batches;
     with workers, each worker's RNG restarts at a resume, so the crops after it differ (same distribution).
+    One ``DataLoader`` per run (``persistent_workers`` with workers): its processes start once, not every epoch;
+    ``pin_memory`` on CUDA, set by the dataset (``imagenet.py``).
     """
 
     def __init__(self, dataset, batch_size: int, sampler, seed: int, **loader_args):
@@ -232,7 +259,9 @@ class LoaderStream:
         self.steps_per_epoch = len(sampler) // batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(sampler)} images per rank cannot fill one batch of {batch_size}")
-        self._iter = None
+        self._iter: Any = None
+        self._order, self._generator = _EpochOrder(), torch.Generator()
+        self._loader: Any = None  # the run's DataLoader, made at the first batch
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -240,13 +269,15 @@ class LoaderStream:
     def _start_epoch(self) -> None:
         from torch.utils.data import DataLoader
         self.sampler.set_epoch(self.epoch)
-        indices = list(self.sampler)[self.step * self.batch_size:self.steps_per_epoch * self.batch_size]
-        # Its own generator: DataLoader.__iter__ draws a base seed, and from the global RNG that draw would shift
-        # the random crops after a mid-epoch resume (whose loader is built at a later point of the stream).
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        loader = DataLoader(self.dataset, self.batch_size, sampler=indices, drop_last=True, generator=generator,
-                            **self.loader_args)
-        self._iter = iter(loader)
+        self._order.indices = list(self.sampler)[self.step * self.batch_size:self.steps_per_epoch * self.batch_size]
+        # Its own generator, reseeded per epoch: DataLoader.__iter__ draws a base seed, and from the global RNG that
+        # draw would shift the random crops after a mid-epoch resume (whose loader starts at a later point).
+        self._generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self._loader is None:  # one per run: worker processes start once, not every epoch
+            workers = self.loader_args.get("num_workers", 0)
+            self._loader = DataLoader(self.dataset, self.batch_size, sampler=self._order, drop_last=True,
+                                      generator=self._generator, persistent_workers=workers > 0, **self.loader_args)
+        self._iter = iter(self._loader)
 
     def next_batch(self) -> Tuple[Tensor, Tensor]:
         if self.step == self.steps_per_epoch:

@@ -9,7 +9,8 @@
 * torchvision checks every CIFAR file against the md5 of the *real* file. Rather than switching that check off,
   ``write_cifar`` records the md5 of each file it wrote in ``SYNTHETIC_MD5.json`` and
   ``cifar_class_with_recorded_md5`` returns a subclass of the real torchvision class whose checksum table is that
-  record: the real ``__init__``, integrity check and unpickling run unchanged, and a corrupted file still fails.
+  record: torchvision's integrity check runs unchanged and a corrupted file still fails; the batches are then read
+  by ``cifar.read_split`` through the restricted unpickler, like the real ones.
 * ``write_imagenet_folder``: JPEGs in ``root/imagenet/{train,val}/<wnid>/*.JPEG`` (ImageFolder layout).
 
 Images are learnable: class colour + an oriented sinusoid of class frequency (random phase) + Gaussian noise;
@@ -116,7 +117,7 @@ def read_manifest(folder) -> dict:
 def cifar_class_with_recorded_md5(base: Type, folder) -> Type:
     """Subclass of torchvision ``CIFAR10``/``CIFAR100`` whose expected md5s are those recorded in ``folder``.
 
-    Only the checksum table changes; loading and checking are torchvision's own code.
+    Only the checksum table changes; the md5 check is torchvision's own code (reading is ``cifar.read_split``).
     """
     md5 = read_manifest(folder)["files"]
     table = {"train_list": [[name, md5[name]] for name, _ in base.train_list],

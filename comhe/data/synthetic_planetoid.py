@@ -23,7 +23,7 @@ import shutil
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Set, Tuple
+from typing import Callable, Dict, Set, Tuple
 
 import numpy as np
 import torch
@@ -160,7 +160,7 @@ class _Pickle2:
     def csr(self, dense: np.ndarray):
         nz = [np.flatnonzero(row) for row in dense]
         indptr = np.concatenate([[0], np.cumsum([len(c) for c in nz])]).astype(np.int32)
-        indices = np.concatenate(nz or [np.zeros(0)]).astype(np.int32)
+        indices = np.concatenate(nz or [np.zeros(0, dtype=np.int64)]).astype(np.int32)
         self.glob("scipy.sparse.csr", "csr_matrix")
         self.out += b")\x81}("  # EMPTY_TUPLE, NEWOBJ, EMPTY_DICT, MARK
         for key, v in ((b"format", b"csr"), (b"_shape", tuple(int(s) for s in dense.shape)), (b"indptr", indptr),
@@ -188,7 +188,8 @@ class _Pickle2:
 
 def _pickle(kind: str, value) -> bytes:
     p = _Pickle2()
-    {"csr": p.csr, "array": p.array, "graph": p.graph}[kind](value)
+    write: Dict[str, Callable] = {"csr": p.csr, "array": p.array, "graph": p.graph}
+    write[kind](value)
     return p.done()
 
 

@@ -61,7 +61,7 @@ class GCN(nn.Module):
         h = F.dropout(F.relu(h), self.dropout, self.training)
         return propagate(adjacency, project(h, self.conv2.weight))
 
-    def decayed_parameters(self) -> List[nn.Parameter]:
+    def decayed_parameters(self) -> List[torch.Tensor]:
         """The parameters the official L2 (weight decay 5e-4) applies to: the first layer's weight only."""
         return [self.conv1.weight]
 

@@ -22,6 +22,15 @@ The auxiliary loss (``auxiliary_loss()``, added by the train step beside the reg
 removed, not ``pointnet_cls_basic``: PN and PN (T) then differ only in the T-Nets, the comparison the table's two
 columns make. ``pointnet_cls_basic`` has the same convolutions but one dropout only, after fc2: ``dropouts=1``.
 
+The max over points is ``max(-1).values``, not ``amax(-1)``: the values are the same, and amax's backward builds an
+equality mask over the whole ``[B, 1024, N]`` input (~4x the time of max's backward on the CPU, which scatters into
+the one index per channel it returned). They differ only in where a tied maximum's gradient goes: amax splits it
+evenly between the tied points, max gives it all to the one whose index it returned. Ties between different
+points have probability zero, except at a ReLU's 0, where no gradient passes either way; a duplicated point ties
+with its copy, and then the parameters get the same gradient either way (the copies have the same inputs all the
+way down, and BN's backward depends only on sums over points); only the gradient with respect to the input cloud
+itself differs. ``tests/models/test_pointnet.py`` checks both.
+
 Initialisation (``tf_util``): Xavier-uniform weights with TF's fans, zero biases, BN gamma 1 / beta 0, eps 1e-3.
 TF counts the kernel in both fans: the layers that read xyz are ``[1, 3]`` convs on ``[B, N, 3, 1]``, so their fans
 are (3, 3 x out) where a ``Conv1d(3, out, 1)`` would give (3, out): ``xavier_uniform_tf_`` takes the fans.
@@ -30,6 +39,7 @@ are (3, 3 x out) where a ``Conv1d(3, out, 1)`` would give (3, out): ``xavier_uni
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +70,8 @@ class PointConv(nn.Conv1d):
 
     def reset_tf(self) -> None:
         xavier_uniform_tf_(self.weight, self.in_channels, self.out_channels * self.kernel_fan)
-        nn.init.zeros_(self.bias)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.bn(super().forward(x)))
@@ -92,8 +103,9 @@ def channels(base: int, width: float) -> int:
 def reset_tf_(module: nn.Module) -> None:
     """The official initialisation of every layer of ``module`` (its ``reset_tf``, or Xavier for a plain linear)."""
     for m in module.modules():
-        if hasattr(m, "reset_tf"):
-            m.reset_tf()
+        reset_tf = getattr(m, "reset_tf", None)
+        if callable(reset_tf):
+            reset_tf()
         elif isinstance(m, nn.Linear):
             xavier_uniform_tf_(m.weight, m.in_features, m.out_features)
             nn.init.zeros_(m.bias)
@@ -120,7 +132,7 @@ class TNet(nn.Module):
             self.transform.bias.copy_(torch.eye(self.k).flatten())
 
     def forward(self, x: Tensor) -> Tensor:
-        pooled = self.conv3(self.conv2(self.conv1(x))).amax(-1)              # [B, 1024 t]
+        pooled = self.conv3(self.conv2(self.conv1(x))).max(-1).values       # [B, 1024 t]
         return self.transform(self.fc2(self.fc1(pooled))).view(-1, self.k, self.k)
 
 
@@ -151,7 +163,8 @@ class PointNet(nn.Module):
         for tnet in (self.input_transform, self.feature_transform):
             if tnet is not None:
                 tnet.reset_identity()
-        self.last_feature_transform = None  # [B, 64, 64] of the last forward (the auxiliary loss reads it)
+        # [B, 64, 64] of the last forward (the auxiliary loss reads it)
+        self.last_feature_transform: Optional[Tensor] = None
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[B, 3, N]`` -> logits ``[B, num_classes]``. A point is a row vector: ``p @ T`` is ``T^T x``."""
@@ -164,7 +177,7 @@ class PointNet(nn.Module):
             transform = self.feature_transform(features)
             self.last_feature_transform = transform
             features = torch.bmm(transform.transpose(1, 2), features)
-        pooled = self.conv5(self.conv4(self.conv3(features))).amax(-1)       # [B, 1024 t]: symmetric in the points
+        pooled = self.conv5(self.conv4(self.conv3(features))).max(-1).values  # [B, 1024 t]: symmetric in the points
         return self.classifier(self.fc2(self.fc1(pooled)))
 
 
@@ -179,6 +192,8 @@ class PointNetWithTNets(PointNet):
 
     def auxiliary_loss(self) -> Tensor:
         """``weight * sum_b ||T_b T_b^T - I||_F^2 / 2`` of the last forward's feature transform, in float32."""
+        if self.last_feature_transform is None:
+            raise RuntimeError("auxiliary_loss reads the feature transform of the last forward: run one first")
         t = self.last_feature_transform.float()
         gram = torch.bmm(t, t.transpose(1, 2))
         eye = torch.eye(t.shape[-1], device=t.device, dtype=t.dtype)

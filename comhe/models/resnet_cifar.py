@@ -74,6 +74,10 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for small images: ``[B, in_channels, H, W] -> [B, num_classes]``, any H, W >= 1."""
 
+    layer1: nn.Sequential  # the three stages, registered by name (add_module) in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, blocks_per_stage: int, num_classes: int, *, in_channels: int = 3, width: int = 1):
         super().__init__()
         for key, value in dict(blocks_per_stage=blocks_per_stage, num_classes=num_classes,

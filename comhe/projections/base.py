@@ -2,7 +2,8 @@
 projection of a bucket's neurons, the layer order of the draws."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import numbers
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ def project_columns(p: Tensor, w: Tensor) -> Tensor:
 def shape_major(stacker: Stacker, indices: Sequence[int]) -> List[int]:
     """Layer indices grouped by weight shape, shapes in order of first appearance (``layers.group_by_shape``)."""
     indices = sorted(indices)
-    rank = {}
+    rank: Dict[Tuple[int, ...], int] = {}
     for i in indices:
         rank.setdefault(stacker.layers[i].shape, len(rank))
     return sorted(indices, key=lambda i: (rank[stacker.layers[i].shape], i))
@@ -46,7 +47,7 @@ def shape_major(stacker: Stacker, indices: Sequence[int]) -> List[int]:
 
 def _check_positive(**values: int) -> None:
     for key, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
 
 
@@ -59,11 +60,12 @@ class Projection(nn.Module):
     ``[L * C, k, N]`` if ``columns`` else as rows ``[L * C, N, k]``."""
 
     columns = True
+    stacker: Stacker  # set by ``setup``
 
     def __init__(self, proj_dim: int, num_proj: int):
         super().__init__()
         _check_positive(proj_dim=proj_dim, num_proj=num_proj)
-        self.proj_dim, self.num_proj = proj_dim, num_proj
+        self.proj_dim, self.num_proj = int(proj_dim), int(num_proj)  # (a NumPy integer is welcome, stored as int)
         self.buckets: List[int] = []
 
     def applies_to(self, fan_in: int) -> bool:
@@ -79,7 +81,7 @@ class Projection(nn.Module):
         self.__dict__["stacker"] = stacker  # a reference, not a submodule: the regulariser owns it
         self.buckets = list(buckets)
 
-    def matrices(self, stack: Optional[Stack], lr: Optional[float]) -> List[Optional[Tensor]]:
+    def matrices(self, stack: Stack, lr: Optional[float]) -> Sequence[Optional[Tensor]]:
         return [None] * len(self.buckets)
 
     def prepare(self, stack: Stack) -> None:
@@ -88,7 +90,12 @@ class Projection(nn.Module):
 
     def rows(self, stack: Stack, mats: Sequence[Optional[Tensor]]) -> List[Tensor]:
         """p ``[L, C, k, d]`` per bucket, applied to its neurons (in the order ``_weights`` reads them)."""
-        return [project_columns(p, w) for w, p in zip(self._all_weights(stack), mats)]
+        out = []
+        for w, p in zip(self._all_weights(stack), mats):
+            if p is None:
+                raise ValueError(f"{type(self).__name__} projects with matrices: pass those matrices() returns")
+            out.append(project_columns(p, w))
+        return out
 
     def _weights(self, stack: Stack, b: int) -> Tensor:
         return stack.view(b)

@@ -18,7 +18,7 @@ class GroupProjection(Projection):
         # proj_dim is unused: a group's size is ceil(d / groups)
         _check_positive(min_group_size=min_group_size)
         super().__init__(1, num_proj)
-        self.min_group_size = min_group_size
+        self.min_group_size = int(min_group_size)
 
     def copies(self, fan_in: int) -> int:
         return max(1, min(self.num_proj, fan_in // self.min_group_size))
@@ -29,7 +29,7 @@ class GroupProjection(Projection):
     def applies_to(self, fan_in: int) -> bool:
         return self.copies(fan_in) > 1
 
-    def _index(self, stack: Stack) -> Tuple[Tensor, List[Tuple[int, ...]]]:
+    def _index(self, stack: Stack) -> Tuple[Tensor, List[Tuple[int, int, int]]]:
         groups = [self.copies(self.stacker.buckets[b].fan_in) for b in self.buckets]
         return self.stacker.group_index(self.buckets, groups, stack.orders, stack.flat.device)
 

@@ -4,7 +4,8 @@ autograd graph. The definitions are in the package docstring (docs/reference.md 
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+import numbers
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -26,9 +27,12 @@ class LearnedProjection(Projection):
         # fixed_lr: the inner steps and the look-ahead use ``lr`` whatever the network's rate (under Adam at 1e-3
         # the official "network's current LR" would barely move P); default: the network's, as the official code.
         self.fixed_lr = bool(fixed_lr)
-        if not isinstance(iters, int) or isinstance(iters, bool) or iters < 0:
+        if not isinstance(iters, numbers.Integral) or isinstance(iters, bool) or iters < 0:
             raise ValueError(f"proj_iters must be an integer >= 0, got {iters!r}")
-        self.iters, self.lr, self.weight_decay, self.eps = iters, float(lr), float(weight_decay), eps
+        self.iters: int = int(iters)
+        self.lr: float = float(lr)
+        self.weight_decay: float = float(weight_decay)
+        self.eps: float = eps
 
     def step_lr(self, lr: Optional[float]) -> float:
         """The learning rate of the inner steps and the look-ahead: the network's (``reg(lr=...)``), else ``lr``;
@@ -55,6 +59,14 @@ class LearnedProjection(Projection):
                     p[first:first + count] = draws[stacker.buckets[b].layers[first]]
             self.register_buffer(f"bucket{pos}", p.to(device=device, dtype=dtype), persistent=False)
         self._plans(stacker, dtype, device)
+
+    def _plans(self, stacker: Stacker, dtype: torch.dtype, device: torch.device) -> None:
+        """Build the pair plans ``objective`` needs (subclasses)."""
+        raise NotImplementedError
+
+    def objective(self, ps: Sequence[Tensor], ws: Sequence[Tensor], fixed: Any) -> Tensor:
+        """The inner objective, summed over every layer and copy (subclasses); ``fixed``: ``fixed_terms(ws)``."""
+        raise NotImplementedError
 
     def bucket_matrices(self) -> List[Tensor]:
         return [getattr(self, f"bucket{n}") for n in range(len(self.buckets))]
@@ -130,6 +142,9 @@ class LearnedProjection(Projection):
 
 class AngleProjection(LearnedProjection):
     direction = -1.0
+    block_of_y: Tensor
+    w_of_y: Tensor
+    entry_weight: Tensor
 
     def _plans(self, stacker, dtype, device) -> None:
         # Unique entries of a half-space plan are the pairs i < j, then the diagonal: every entry of the

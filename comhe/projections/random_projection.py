@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..stacking import Stack
 from .base import Projection, shape_major
 
 
@@ -19,7 +20,6 @@ class RandomProjection(Projection):
 
     def setup(self, stacker, buckets, dtype, device) -> None:
         super().setup(stacker, buckets, dtype, device)
-        self.dtype = dtype
         # The draw: C*k*d values per layer, layers grouped by shape in order of first appearance (the order of the
         # draws before the stack existed, so a seed gives the same matrices as then). Each bucket is a run of it.
         order = shape_major(stacker, [i for b in self.buckets for i in stacker.buckets[b].layers])
@@ -48,9 +48,9 @@ class RandomProjection(Projection):
             self._generator = gen
         return gen
 
-    def matrices(self, stack, lr=None) -> List[Tensor]:
-        device = self.stacker.zeros.device
-        flat = torch.randn(self.draw_size, generator=self.generator(device), device=device, dtype=self.dtype)
+    def matrices(self, stack: Optional[Stack], lr: Optional[float] = None) -> List[Tensor]:
+        device, dtype = self.stacker.zeros.device, self.stacker.zeros.dtype  # the compute dtype, as it is now
+        flat = torch.randn(self.draw_size, generator=self.generator(device), device=device, dtype=dtype)
         mats = []
         for b, (first, index) in zip(self.buckets, self._runs):
             layers, _, d = self.stacker.buckets[b].shape

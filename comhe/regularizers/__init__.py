@@ -56,7 +56,10 @@ def option_defaults(name: str) -> Dict[str, object]:
 
 
 def build(name: str, model: nn.Module, **options) -> Regularizer:
-    """The regulariser ``name`` for ``model``. Unknown option names raise ``ValueError`` listing the valid ones."""
+    """The regulariser ``name`` for ``model``. Unknown option names raise ``ValueError`` listing the valid ones; a
+    value of the wrong type or out of range raises ``TypeError`` / ``ValueError`` naming the option (``options.py``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"build({name!r}, model): model must be an nn.Module, got {type(model).__name__}")
     valid = option_defaults(name)
     unknown = sorted(set(options) - set(valid) - set(LIBRARY_ONLY))
     if unknown:

@@ -35,17 +35,22 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .. import projections as projection_registry
 from ..energy import canonical_power
-from ..layers import Layer, find_layers, left_out, select, unprojected
+from ..layers import Layer, unprojected
 from ..pairs import PairPlan, gram_energy, plan_blocks
 from ..stacking import Stack, Stacker, plan_buckets
-from .base import Regularizer
+from .base import Regularizer, choose_layers
+from .options import check_options
+
+# the regulariser's option -> the learned projection's argument (``projections.learned.LearnedProjection``)
+PROJECTION_ARGUMENTS = {"proj_iters": "iters", "proj_lr": "lr", "proj_weight_decay": "weight_decay",
+                        "proj_lr_fixed": "fixed_lr"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,11 @@ class EnergyRegularizer(Regularizer):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, example_input=None, **projection_options):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False,
+                 **projection_options):
+        check_options(layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output, eps=eps,
+                      classifier=classifier, example_input=example_input, include_frozen=include_frozen,
+                      **projection_options)
         self.s = canonical_power(s)
         angular = self.s in ("a1", "a2")  # the official code's 0.1 / 1 is for a1 and a2 only; a0 keeps 1 / 10
         self.lambda_hidden = float((0.1 if angular else 1.0) if lambda_hidden is None else lambda_hidden)
@@ -87,13 +96,14 @@ class EnergyRegularizer(Regularizer):
         if eps <= 0:
             raise ValueError(f"eps must be > 0 in a regulariser (it keeps zero and padded neurons finite), got {eps}")
         self.eps = float(eps)
-        chosen = select(find_layers(model, classifier, exclude, example_input), layers)
-        if not chosen:
-            raise ValueError(f"layers={layers!r} selects no layer of {type(model).__name__}")
-        super().__init__(chosen, left_out(model, chosen, exclude, layers))
+        chosen, leave = choose_layers(model, layers=layers, classifier=classifier, exclude=exclude,
+                                      example_input=example_input, include_frozen=include_frozen)
+        super().__init__(chosen, leave, include_frozen)
         self.which = layers
         # An unattached projection validates the options and says which fan-ins it compresses.
-        proj = projection_registry.build(self.projection, **projection_options) if self.projection else None
+        proj = projection_registry.build(self.projection, **{PROJECTION_ARGUMENTS.get(k, k): v
+                                                             for k, v in projection_options.items()}) \
+            if self.projection else None
         self.terms = [self._term(layer, proj) for layer in chosen]
         buckets = plan_buckets(chosen, [t.kind == "projected" for t in self.terms])
         self.stacker = Stacker(chosen, buckets, self.dtype_hint, self.device_hint)
@@ -104,7 +114,7 @@ class EnergyRegularizer(Regularizer):
         blocks, offset = plan_blocks(buckets, lambda i: (self.terms[i].copies, self.terms[i].kind != "full",
                                                          self.terms[i].weight / self.terms[i].copies))
         self.pairs = PairPlan(blocks, offset, len(chosen), self.dtype_hint, self.device_hint)
-        self._compiled = None
+        self._compiled: Optional[Callable[..., Tuple[Tensor, Tensor]]] = None
 
     def _term(self, layer: Layer, proj) -> Term:
         if layer.role == "output":
@@ -116,7 +126,7 @@ class EnergyRegularizer(Regularizer):
         why = "3 input channels" if layer.is_rgb_conv else f"fan-in {layer.fan_in} not compressed"
         return Term("half", self.lambda_hidden, why=why)
 
-    def compile(self, **options) -> "EnergyRegularizer":
+    def compile(self, **options) -> "EnergyRegularizer":  # type: ignore[override]  # returns self (base.py)
         """``torch.compile`` everything from the stacked weights to the loss, as one graph with its own cache."""
         self._compiled = torch.compile(_own_code(_loss_of(self)), dynamic=False, **options)
         return self
@@ -135,7 +145,8 @@ class EnergyRegularizer(Regularizer):
         projected = iter(self.proj.rows(stack, mats)) if self.proj is not None else iter(())
         rows = [next(projected) if bucket.projected else stack.view(b)
                 for b, bucket in enumerate(self.stacker.buckets)]
-        columns = [bucket.projected and self.proj.columns for bucket in self.stacker.buckets]
+        as_columns = self.proj is not None and self.proj.columns  # (only a projection makes buckets projected)
+        columns = [bucket.projected and as_columns for bucket in self.stacker.buckets]
         return gram_energy(rows, self.pairs, self.s, self.eps, fused, columns)
 
     def summarize(self, terms: Tensor) -> Dict[str, float]:
@@ -146,12 +157,12 @@ class EnergyRegularizer(Regularizer):
         out = []
         for term in self.terms:
             words = {"full": "full-space", "half": "half-space"}.get(term.kind)
-            if term.why:
-                words += f" (unprojected: {term.why})"
             if words is None:
                 words = f"half-space of {term.copies} projections to {term.dim}"
                 if self.projection == "group":
                     words = f"half-space of {term.copies} coordinate groups of {term.dim}"
+            elif term.why:  # (only an unprojected "half" term has a why)
+                words += f" (unprojected: {term.why})"
             out.append((f"{words}, s={self.s}", f"{term.weight:g}"))
         return out
 
@@ -162,9 +173,10 @@ class EnergyRegularizer(Regularizer):
 class MHE(EnergyRegularizer):
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, example_input=None):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
-                         eps=eps, classifier=classifier, exclude=exclude, example_input=example_input)
+                         eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
+                         include_frozen=include_frozen)
 
 
 class HalfSpaceMHE(MHE):
@@ -176,23 +188,23 @@ class RandomProjectionCoMHE(EnergyRegularizer):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, example_input=None, proj_dim: int = 40,
-                 num_proj: int = 20, seed: Optional[int] = None):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False,
+                 proj_dim: int = 40, num_proj: int = 20, seed: Optional[int] = None):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
                          eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
-                         proj_dim=proj_dim, num_proj=num_proj, seed=seed)
+                         include_frozen=include_frozen, proj_dim=proj_dim, num_proj=num_proj, seed=seed)
 
 
 class _LearnedCoMHE(EnergyRegularizer):
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, example_input=None, proj_dim: int = 30,
-                 num_proj: int = 1, proj_iters: int = 1, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7,
-                 proj_lr_fixed: bool = False):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False,
+                 proj_dim: int = 30, num_proj: int = 1, proj_iters: int = 1, proj_lr: float = 0.1,
+                 proj_weight_decay: float = 5e-7, proj_lr_fixed: bool = False):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
                          eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
-                         proj_dim=proj_dim, num_proj=num_proj, iters=proj_iters, lr=proj_lr,
-                         weight_decay=proj_weight_decay, fixed_lr=proj_lr_fixed)
+                         include_frozen=include_frozen, proj_dim=proj_dim, num_proj=num_proj, proj_iters=proj_iters,
+                         proj_lr=proj_lr, proj_weight_decay=proj_weight_decay, proj_lr_fixed=proj_lr_fixed)
 
 
 class AngleProjectionCoMHE(_LearnedCoMHE):
@@ -207,13 +219,13 @@ class AdversarialProjectionCoMHE(_LearnedCoMHE):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, example_input=None, proj_dim: int = 30,
-                 num_proj: int = 1, proj_iters: int = 10, proj_lr: float = 0.1, proj_weight_decay: float = 5e-7,
-                 proj_lr_fixed: bool = False):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False,
+                 proj_dim: int = 30, num_proj: int = 1, proj_iters: int = 10, proj_lr: float = 0.1,
+                 proj_weight_decay: float = 5e-7, proj_lr_fixed: bool = False):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
                          eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
-                         proj_dim=proj_dim, num_proj=num_proj, proj_iters=proj_iters, proj_lr=proj_lr,
-                         proj_weight_decay=proj_weight_decay, proj_lr_fixed=proj_lr_fixed)
+                         include_frozen=include_frozen, proj_dim=proj_dim, num_proj=num_proj, proj_iters=proj_iters,
+                         proj_lr=proj_lr, proj_weight_decay=proj_weight_decay, proj_lr_fixed=proj_lr_fixed)
 
 
 class GroupCoMHE(EnergyRegularizer):
@@ -224,8 +236,8 @@ class GroupCoMHE(EnergyRegularizer):
 
     def __init__(self, model: nn.Module, *, s=2, layers: str = "both", lambda_hidden: Optional[float] = None,
                  lambda_output: Optional[float] = None, eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, example_input=None, num_proj: int = 8,
-                 min_group_size: int = 8):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False,
+                 num_proj: int = 8, min_group_size: int = 8):
         super().__init__(model, s=s, layers=layers, lambda_hidden=lambda_hidden, lambda_output=lambda_output,
                          eps=eps, classifier=classifier, exclude=exclude, example_input=example_input,
-                         num_proj=num_proj, min_group_size=min_group_size)
+                         include_frozen=include_frozen, num_proj=num_proj, min_group_size=min_group_size)

@@ -28,30 +28,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..energy import cosine_from_gram
-from ..layers import find_layers, group_by_shape, left_out, select, stack_neurons
-from .base import Regularizer
+from ..layers import group_by_shape, stack_neurons
+from ..pairs import ExactConstants
+from .base import Regularizer, choose_layers
+from .options import check_options
 
 
-class _GramPenalty(Regularizer):
+class _GramPenalty(Regularizer, ExactConstants):
     """Sum over layers of ``lambda * penalty(Gram)``, one batched Gram per group of same-shape layers."""
 
     def __init__(self, model: nn.Module, *, lambda_hidden: float, lambda_output: Optional[float] = None,
                  layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, example_input=None):
-        chosen = select(find_layers(model, classifier, exclude, example_input), layers)
-        if not chosen:
-            raise ValueError(f"layers={layers!r} selects no layer of {type(model).__name__}")
-        super().__init__(chosen, left_out(model, chosen, exclude, layers))
+                 exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False):
+        check_options(("lambda_hidden",), lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers,
+                      eps=eps, classifier=classifier, example_input=example_input, include_frozen=include_frozen)
+        chosen, leave = choose_layers(model, layers=layers, classifier=classifier, exclude=exclude,
+                                      example_input=example_input, include_frozen=include_frozen)
+        super().__init__(chosen, leave, include_frozen)
         self.lambda_hidden = float(lambda_hidden)
         self.lambda_output = self.lambda_hidden if lambda_output is None else float(lambda_output)
         self.eps = float(eps)
         self.groups = group_by_shape(chosen)
         for i, group in enumerate(self.groups):
             weights = [self.lambda_output if g.role == "output" else self.lambda_hidden for g in group]
-            like = dict(device=self.device_hint, dtype=self.dtype_hint)
             n = self.gram_size(group[0].num_neurons, group[0].fan_in)
-            self.register_buffer(f"weight{i}", torch.tensor(weights, **like), persistent=False)
-            self.register_buffer(f"eye{i}", torch.eye(n, **like), persistent=False)
+            self.register_constant(f"weight{i}", weights, self.dtype_hint, self.device_hint)
+            eye = torch.eye(n, device=self.device_hint, dtype=self.dtype_hint)
+            self.register_buffer(f"eye{i}", eye, persistent=False)
 
     def gram_size(self, num_neurons: int, fan_in: int) -> int:
         return num_neurons
@@ -92,9 +95,10 @@ class Orthonormal(_GramPenalty):
 
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 1e-3, lambda_output: Optional[float] = None,
                  layers: str = "hidden", classifier: Optional[str] = None, exclude: Optional[Sequence[str]] = None,
-                 example_input=None):
+                 example_input=None, include_frozen: bool = False):
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers,
-                         classifier=classifier, exclude=exclude, example_input=example_input)
+                         classifier=classifier, exclude=exclude, example_input=example_input,
+                         include_frozen=include_frozen)
 
 
 class Orthogonal(_GramPenalty):
@@ -102,9 +106,10 @@ class Orthogonal(_GramPenalty):
 
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 1e-2, lambda_output: Optional[float] = None,
                  layers: str = "hidden", eps: float = 1e-4, classifier: Optional[str] = None,
-                 exclude: Optional[Sequence[str]] = None, example_input=None):
+                 exclude: Optional[Sequence[str]] = None, example_input=None, include_frozen: bool = False):
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers, eps=eps,
-                         classifier=classifier, exclude=exclude, example_input=example_input)
+                         classifier=classifier, exclude=exclude, example_input=example_input,
+                         include_frozen=include_frozen)
 
     def gram(self, w: Tensor) -> Tensor:
         cos, _ = cosine_from_gram(w @ w.transpose(1, 2), self.eps)
@@ -116,11 +121,11 @@ class SRIP(_GramPenalty):
 
     def __init__(self, model: nn.Module, *, lambda_hidden: float = 0.1, lambda_output: Optional[float] = None,
                  layers: str = "hidden", classifier: Optional[str] = None, exclude: Optional[Sequence[str]] = None,
-                 example_input=None, power_iters: int = 2):
-        if not isinstance(power_iters, int) or power_iters < 1:
-            raise ValueError(f"power_iters must be an integer >= 1, got {power_iters!r}")
+                 example_input=None, include_frozen: bool = False, power_iters: int = 2):
+        check_options(power_iters=power_iters)
         super().__init__(model, lambda_hidden=lambda_hidden, lambda_output=lambda_output, layers=layers,
-                         classifier=classifier, exclude=exclude, example_input=example_input)
+                         classifier=classifier, exclude=exclude, example_input=example_input,
+                         include_frozen=include_frozen)
         self.power_iters = power_iters
         for i, group in enumerate(self.groups):
             n = self.gram_size(group[0].num_neurons, group[0].fan_in)

@@ -15,6 +15,9 @@ module              what
 ``claims.py``       the paper's claims, checked across seeds (exact permutation test)
 ``scorecard.py``    every claim of every table and figure on one page (``make report``)
 ``figures.py``      the papers' figures and a dot plot per table
+``precheck.py``     every check of a command that needs no torch (files, overrides, keys, types, ranges), first
+``costs.py``        ``DRY=1``'s cost and whether a GPU is needed
+``labels.py``       notes where a profile changes what a row or column label names
 ``cli.py``          ``python -m comhe.run table1 ...`` (``make table1``)
 ==================  ==============================================================================
 

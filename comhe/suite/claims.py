@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 ALPHA = 0.05
 HELD, NOT_HELD, TOO_FEW = "held", "not held", "too few runs"
@@ -129,7 +129,3 @@ def check(claim: Mapping, values: Mapping[Tuple[str, str], List[float]], columns
 def check_all(claims: Sequence[Mapping], values: Mapping[Tuple[str, str], List[float]], columns: Sequence[str],
               higher_is_better: Optional[Mapping[str, bool]] = None) -> List[ClaimResult]:
     return [check(c, values, columns, higher_is_better) for c in claims]
-
-
-def summary(results: Sequence[ClaimResult]) -> Dict[str, int]:
-    return {v: sum(r.verdict == v for r in results) for v in (HELD, NOT_HELD, TOO_FEW)}

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-import yaml
-
 from ..train import config as config_lib
+from ..train import inputs
 from ..train.records import run_name
 from . import overrides as overrides_lib
 
@@ -36,7 +35,8 @@ PROFILES = ("paper", "quick", "smoke")
 TOP_KEYS = {"name", "title", "source", "kind", "metric", "base", "rows", "columns", "seeds", "references", "claims",
             "figures", "profiles", "notes", "select", "selected_by"}
 PROFILE_KEYS = {"seeds", "config", "datasets", "columns", "rows", "keep_weights"}
-VAR = re.compile(r"^\$\{(\w+)\}$")
+VAR = overrides_lib.VAR  # ``${name}``: a column variable (its one definition is in overrides.py)
+SAFE_NAME = re.compile(r"\w[\w. +-]{0,99}")  # ``name``: a file name under RESULTS, never a path
 class Metric(NamedTuple):
     """What a cell reports: its label, printed decimals, and which way is better (claims, figures).
 
@@ -111,9 +111,8 @@ class Experiment:
     not_run: Dict[str, str] = field(default_factory=dict)   # column -> why it is not planned (``restrict``)
     overrides: List[str] = field(default_factory=list)   # set by plan: the overrides that change the protocol
     seeds_given: bool = False                            # the seeds came from the command line, not the file
-
-    def row(self, name: str) -> Row:
-        return next(r for r in self.rows if r.name == name)
+    columns_given: List[str] = field(default_factory=list)  # COLUMNS= / --columns as given (``restrict``)
+    results_given: str = ""                              # --results, where not the profile's default folder
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -172,10 +171,13 @@ def layer(base: Mapping[str, Any], update: Optional[Mapping[str, Any]]) -> Dict[
 
 
 def parse_seeds(value: Any) -> List[int]:
-    """``3`` -> [0, 1, 2]; ``"0,4,5"`` or ``[0, 4, 5]`` -> those seeds."""
+    """``3`` -> [0, 1, 2]; ``"0,4,5"`` or ``[0, 4, 5]`` -> those seeds (each in [0, 2^32), at most
+    ``inputs.MAX_SEEDS`` of them)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise ExperimentError(f"seeds must be >= 1, got {value}")
+        if value > inputs.MAX_SEEDS:  # before range(): 10^12 seeds would exhaust the memory
+            raise ExperimentError(f"seeds: at most {inputs.MAX_SEEDS} seeds, got a count of {value}")
         return list(range(value))
     if isinstance(value, str):
         text = value.strip()
@@ -183,22 +185,22 @@ def parse_seeds(value: Any) -> List[int]:
             return parse_seeds(int(text))
         value = [v for v in text.split(",") if v.strip()]
     try:
-        seeds = [int(v) for v in value]
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, (bool, float)) for v in value):
+            raise TypeError
+        seeds = [int(v) for v in value[:inputs.MAX_SEEDS + 1]]
     except (TypeError, ValueError):
         raise ExperimentError(f"seeds must be a count (3) or a list (0,4,5), got {value!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ExperimentError(f"seeds must be distinct and non-empty, got {value!r}")
-    return seeds
+    return inputs.check_seed_list(seeds, ExperimentError, value)
 
 
 def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) -> Experiment:
     """Read and check one experiment file for ``profile``; ``seeds`` (count or list) overrides the file's."""
     path = find(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ExperimentError(config_lib.yaml_error(path, err)) from None
+    raw = inputs.read_yaml(path, ExperimentError, "experiment file") or {}  # UTF-8, bounded depth, no aliases
     _require(isinstance(raw, Mapping), path, "must hold a mapping")
+    _check_shapes(raw, path)
     for section in ("rows", "columns"):
         entries = raw.get(section) or []
         _require(isinstance(entries, list) and all(isinstance(e, Mapping) and "name" in e for e in entries), path,
@@ -208,8 +210,16 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
     _require(profile in PROFILES, path, f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     profiles = raw.get("profiles") or {}
     _require(set(profiles) <= set(PROFILES), path, f"profiles must be among {PROFILES}, got {sorted(profiles)}")
+    for name, other in [("file", raw)] + list(profiles.items()):  # every profile, as its own run would check it:
+        other = other or {}                                         # smoke must not hide a mistake of the paper's
+        _require(isinstance(other, Mapping), path, f"profile {name} must be a mapping, got {other!r}")
+        _require(name == "file" or set(other) <= PROFILE_KEYS, path,
+                 f"profile {name}: unknown key(s) {sorted(set(other) - PROFILE_KEYS)}; valid: {sorted(PROFILE_KEYS)}")
+        try:
+            parse_seeds(other.get("seeds", 3))
+        except ExperimentError as err:
+            raise ExperimentError(f"{path}: {'' if name == 'file' else f'profile {name}: '}{err}") from None
     spec = profiles.get(profile) or {}
-    _require(set(spec) <= PROFILE_KEYS, path, f"profile {profile}: unknown key(s) {sorted(set(spec) - PROFILE_KEYS)}")
     metric = raw.get("metric", "final_test_error")
     columns = [Column(c["name"], c.get("config") or {}, c.get("vars") or {}, c.get("metric", metric), c.get("x"))
                for c in raw.get("columns") or []]
@@ -228,15 +238,65 @@ def load(name_or_path: str | Path, profile: str = "paper", seeds: Any = None) ->
     return exp
 
 
+# The type of each top-level key, and of each entry's keys (``None`` is accepted where a key may be left out): a
+# value of another type is refused in one line here, not as a TypeError wherever it is first used.
+_STR, _MAP, _LIST, _NUM = (str,), (Mapping,), (list,), (int, float)
+TOP_TYPES = {"name": _STR, "title": _STR, "source": _STR, "kind": _STR, "metric": _STR, "base": _MAP, "rows": _LIST,
+             "columns": _LIST, "references": _LIST, "claims": _LIST, "figures": _LIST, "notes": _LIST,
+             "select": _MAP, "selected_by": _STR, "profiles": _MAP}
+ENTRY_TYPES: Dict[str, Dict[str, Tuple[type, ...]]] = {
+    "rows": {"name": _STR, "config": _MAP, "cells": _MAP},
+    "columns": {"name": _STR, "config": _MAP, "vars": _MAP, "metric": _STR, "x": _NUM},
+    "references": {"label": _STR, "source": _STR, "values": _MAP},
+    "claims": {"text": _STR, "order": _LIST, "better": _LIST, "than": _STR, "columns": _LIST, "cells": _LIST},
+    "figures": {"kind": _STR}}
+_TYPE_NAMES = {_STR: "text", _MAP: "a mapping", _LIST: "a list", _NUM: "a number", (bool,): "true or false"}
+PROFILE_TYPES = {"config": _MAP, "datasets": _MAP, "columns": _MAP, "rows": _MAP, "keep_weights": (bool,)}
+
+
+def _check_types(mapping: Mapping, types: Mapping[str, tuple], where: str, path: Path) -> None:
+    for key, allowed in types.items():
+        value = mapping.get(key)
+        ok = value is None or (isinstance(value, allowed) and not (allowed is _NUM and isinstance(value, bool)))
+        _require(ok, path, f"{where}{key} must be {_TYPE_NAMES[allowed]}, got {value!r:.60}")
+
+
+def _check_shapes(raw: Mapping, path: Path) -> None:
+    """The types of the file's keys and of its entries' keys (``TOP_TYPES``, ``ENTRY_TYPES``, ``PROFILE_TYPES``)."""
+    _check_types(raw, TOP_TYPES, "", path)
+    for section, types in ENTRY_TYPES.items():
+        for i, entry in enumerate(raw.get(section) or []):
+            _require(isinstance(entry, Mapping), path, f"{section}[{i}] must be a mapping, got {entry!r:.60}")
+            _check_types(entry, types, f"{section}[{i}].", path)
+    for i, note in enumerate(raw.get("notes") or []):
+        _require(isinstance(note, str), path, f"notes[{i}] must be text, got {note!r:.60}")
+    for name, spec in (raw.get("profiles") or {}).items():
+        _require(spec is None or isinstance(spec, Mapping), path, f"profiles.{name} must be a mapping")
+        _check_types(spec or {}, PROFILE_TYPES, f"profiles.{name}.", path)
+
+
+def _is_experiment(name_or_path: str) -> bool:
+    try:
+        find(name_or_path)
+    except (ExperimentError, OSError, ValueError):  # ValueError: a NUL byte in the path
+        return False
+    return True
+
+
 def _check(exp: Experiment) -> None:
     path = exp.path
     if exp.select is not None:
         _require(isinstance(exp.select, Mapping) and exp.select.get("metric") in METRICS, path,
                  f"select must be {{metric: <one of {list(METRICS)}>}}, got {exp.select!r}")
+    _require(isinstance(exp.name, str) and SAFE_NAME.fullmatch(exp.name) is not None, path,
+             f"name must be a plain file name (letters, digits, ' _-.+', no folder), got {exp.name!r}: the "
+             "tables are written as <results>/<name>.csv")
     if exp.selected_by is not None:
         _require(isinstance(exp.selected_by, str) and exp.selected_by != exp.name, path,
                  f"selected_by must name another experiment (a sweep with select:), got {exp.selected_by!r}")
-    _require(exp.rows and exp.columns, path, "needs rows and columns")
+        _require(_is_experiment(exp.selected_by), path, f"selected_by {exp.selected_by!r} is neither a shipped "
+                 f"experiment ({', '.join(names())}) nor an existing .yaml file")
+    _require(bool(exp.rows) and bool(exp.columns), path, "needs rows and columns")
     row_names, col_names = [r.name for r in exp.rows], [c.name for c in exp.columns]
     _require(len(set(row_names)) == len(row_names) and len(set(col_names)) == len(col_names), path,
              "row and column names must be unique")
@@ -328,6 +388,7 @@ def restrict(exp: Experiment, columns: Sequence[str]) -> None:
     chosen = [n for n in names if n.lower() in {c.strip().lower() for c in columns}]
     _require(bool(chosen), exp.path, f"COLUMNS={','.join(columns)} names none of its columns ({', '.join(names)})")
     exp.not_run = {n: f"not selected (COLUMNS={','.join(columns)})" for n in names if n not in chosen}
+    exp.columns_given = chosen
 
 
 def _data_status(exp: Experiment, overrides: Sequence[str]) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import textwrap
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import matplotlib
 
@@ -73,6 +73,8 @@ def stamp(fig, exp: Experiment, df: pd.DataFrame) -> None:
         ("paper protocol" if exp.profile == "paper" else f"profile {exp.profile}: not the paper protocol")
     live = len(running_rows(df))
     running = f" · includes {live} run(s) still training, at their latest evaluation" if live else ""
+    if df.attrs.get("incomplete"):  # runner.render: training was stopped by a signal
+        running += f" · INCOMPLETE: {df.attrs['incomplete']}"
     text = (f"profile {exp.profile} · seeds {','.join(map(str, exp.seeds))} · {protocol} · code {_shas(df)}"
             f"{running}\n{command(exp)}")
     fig.text(0.01, -0.01, text, ha="left", va="top", fontsize=6.5, color="0.3", family="monospace",
@@ -88,7 +90,7 @@ def _style() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
 
 
-def _save(fig, out: Path, exp: Experiment = None, df: pd.DataFrame = None) -> List[Path]:
+def _save(fig, out: Path, exp: Optional[Experiment] = None, df: Optional[pd.DataFrame] = None) -> List[Path]:
     """PNG and PDF, each rendered in memory and written atomically (a concurrent reader never sees half a file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if exp is not None:
@@ -113,7 +115,7 @@ def _default_xlabel(exp: Experiment) -> str:
 
 @FIGURES.register("bars")
 def bars(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path, out: Path,
-         xlabel: str = None, **spec):
+         xlabel: Optional[str] = None, **spec):
     from .report import cell_stats
     stats = cell_stats(exp, df)
     rows = _trained_rows(exp, df)
@@ -150,9 +152,15 @@ def _curves(cells: Sequence[CellRun], runs_root: Path, column: str) -> pd.DataFr
     for cell in cells:
         if cell.column != column:
             continue
-        rows = RunDir(Path(runs_root) / cell.name).read_metrics()
-        if rows:
-            frame = pd.DataFrame(rows)[["iteration", "test_error", "hidden_energy"]].astype(float)
+        run = RunDir(Path(runs_root) / cell.name)
+        if run.verify().damaged:  # left out, as in the table (report.checked_status)
+            continue
+        try:
+            rows = run.read_metrics()
+            frame = pd.DataFrame(rows)[["iteration", "test_error", "hidden_energy"]].astype(float) if rows else None
+        except (OSError, ValueError, KeyError):  # an unfinished run's unreadable metrics: no curve, no traceback
+            continue
+        if frame is not None:
             frames.append(frame.assign(method=cell.row, seed=cell.seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -168,7 +176,7 @@ def _band(ax, data: pd.DataFrame, x: str, y: str, label: str, c, **line) -> None
 
 @FIGURES.register("dynamics")
 def dynamics(exp: Experiment, df: pd.DataFrame, cells: Sequence[CellRun], runs_root: Path, out: Path,
-             column: str = None, **spec):
+             column: Optional[str] = None, **spec):
     column = column or exp.columns[0].name
     data = _curves(cells, runs_root, column)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

@@ -12,7 +12,9 @@
 
 Outcomes of one run: ``finished`` / ``diverged`` (trained here), ``skipped`` (finished before the call),
 ``elsewhere`` (another process finished it during the call), ``locked`` (another process is training it now),
-``no data``, ``failed``; a stop signal raises ``engine.Preempted`` after the run checkpointed.
+``no data``, ``failed``; after a stop signal (``train/interrupt.py``) ``stopped`` (the run checkpointed; a rerun
+resumes it) and ``not started``. The local launcher starts no run once a stop was asked for, forwards the signal to its
+workers as SIGTERM and reports every run in progress as it ends; ``execute_one`` alone raises ``engine.Preempted``.
 """
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ import sys
 import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..registry import Registry
+from ..train.interrupt import STOP
 from ..train.records import RunDir, RunLocked, atomic_write
 
 LAUNCHERS = Registry("launcher")
@@ -54,7 +58,7 @@ def execute_one(cfg: Dict[str, Any], run_dir: str, keep_weights: bool = True) ->
     if run.status() == "done":
         return {"outcome": "skipped", "final": run.read_final()}
     from ..train.trainers import for_config  # torch is imported here, not when planning on a login node
-    evaluated = []  # the engine reports each evaluation it ran in this process
+    evaluated: List[Dict[str, Any]] = []  # the engine reports each evaluation it ran in this process
     try:
         final = for_config(cfg).train(cfg, run_dir, report=evaluated.append)
     except RunLocked as err:
@@ -76,6 +80,11 @@ def _guarded(call: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
         return {"outcome": "no data", "message": str(err)}
     except Preempted:  # a stop signal: the run checkpointed; stop here, do not start the next run
         raise
+    except OSError as err:  # the disk is full or failing: stop (the next runs would fail alike), one line
+        from ..train.io_errors import disk_error
+        if disk_error(err) is None:
+            raise
+        return {"outcome": "io error", "message": disk_error(err)}
     except Exception as err:  # noqa: BLE001 - reported with its traceback, the others go on
         return {"outcome": "failed", "message": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(limit=6)}
@@ -85,18 +94,24 @@ def _execute_guarded(cfg: Dict[str, Any], run_dir: str, keep_weights: bool) -> D
     return _guarded(lambda: execute_one(cfg, run_dir, keep_weights))
 
 
+NOT_STARTED = {"outcome": "not started", "message": "not started: a stop was asked for"}
+
+
 def _worker_execute(cfg: Dict[str, Any], run_dir: str, keep_weights: bool, parent_pid: int) -> Dict[str, Any]:
-    """``_execute_guarded`` in a pool worker. Stopped by a signal after its runner died, the worker exits: else it
-    would wait for its next run forever, as the pool's queues stay open while any worker holds their ends."""
+    """``_execute_guarded`` in a pool worker; after a stop signal it starts no run (the pool may have queued more).
+    Stopped by a signal after its runner died, the worker exits: else it would wait for its next run forever, as the
+    pool's queues stay open while any worker holds their ends."""
     from ..train.engine import Preempted
+    if STOP.requested:
+        return NOT_STARTED
     try:
         return _execute_guarded(cfg, run_dir, keep_weights)
-    except Preempted:
+    except Preempted as err:
         if os.getppid() != parent_pid:  # reparented: the runner is gone (PR_SET_PDEATHSIG sent the signal)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(143)
-        raise
+        return {"outcome": "stopped", "message": str(err)}
 
 
 # --- processes that die with the runner ------------------------------------------------------------------------------
@@ -130,10 +145,18 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 _worker_index = None
+_worker_stop = None  # the pool worker's stop handling, held for its life
 
 
 def _worker_init(counter, gpus: int, parent_pid: int) -> None:
-    global _worker_index
+    global _worker_index, _worker_stop
+    # A stop signal (the terminal's Ctrl-C to the whole process group, the runner's SIGTERM) is handled by the
+    # engine: checkpoint and stop; the runner prints the line. A second Ctrl-C ends the worker at once: raised, it
+    # would be caught by the pool's loop, which would go on to the next run.
+    STOP.quiet = STOP.hard_exit = True
+    _worker_stop = STOP.handling()
+    _worker_stop.__enter__()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the runner (pool)
     die_with_parent(parent_pid)
     with counter.get_lock():
         _worker_index = counter.value
@@ -157,7 +180,7 @@ def execute_torchrun(cfg: Dict[str, Any], run_dir: str, keep_weights: bool, npro
     4 diverged, 143 stopped). A stop signal to this process is forwarded to torchrun as SIGTERM (torchrun passes it
     to its workers, which checkpoint) and raised as ``Preempted`` once torchrun is gone."""
     from ..train.config import dump
-    from ..train.engine import STOP_SIGNALS, Preempted
+    from ..train.engine import Preempted
     out = out or sys.stdout
     run = RunDir(run_dir)
     if run.status() == "done":
@@ -168,32 +191,35 @@ def execute_torchrun(cfg: Dict[str, Any], run_dir: str, keep_weights: bool, npro
     cfg_path.parent.mkdir(parents=True, exist_ok=True)                          # that fails early leaves none
     atomic_write(cfg_path, dump(cfg))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
-    stops, proc = [], None
+    proc = None
 
-    def forward(signum, frame):
-        stops.append(signum)
+    def forward(signum):
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS} if in_main else {}
     # The output goes to a log file, copied to ``out`` as it grows: through a pipe, the workers would die of a broken
     # pipe at their next line if this process died, before they could checkpoint on the SIGTERM it leaves them.
+    # torchrun runs in its own session: a Ctrl-C at the terminal reaches this process alone, which sends torchrun
+    # one SIGTERM (torchrun would repeat a SIGINT to its workers, and print its own traceback for it).
     log_path = cfg_path.with_suffix(".log")
-    try:
-        with open(log_path, "w") as log, open(log_path) as reader:
-            prctl = _prctl()  # torchrun dies with this process, its workers then get SIGTERM from it (Linux only)
-            proc = subprocess.Popen(torchrun_command(cfg_path, run_dir, nproc), stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, preexec_fn=prctl and (lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)))
-            if stops:
-                proc.send_signal(signal.SIGTERM)
-            while proc.poll() is None:
-                out.write(reader.read())
-                out.flush()
-                time.sleep(0.2)
-            out.write(reader.read())
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with STOP.handling("torchrun's workers checkpoint and stop"):
+        STOP.on_first.append(forward)
+        try:
+            with open(log_path, "w") as log, open(log_path) as reader:
+                prctl = _prctl()  # torchrun dies with this process, its workers then get SIGTERM from it (Linux)
+                proc = subprocess.Popen(torchrun_command(cfg_path, run_dir, nproc), stdout=log,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                        preexec_fn=prctl and (lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)))
+                if STOP.requested:
+                    proc.send_signal(signal.SIGTERM)
+                held = False
+                while proc.poll() is None:
+                    held = _copy_until_stop(reader, out) or held
+                    time.sleep(0.2)
+                if _copy_until_stop(reader, out) or held:
+                    print(f"torchrun's output after the stop: {log_path}", file=out, flush=True)
+        finally:
+            STOP.on_first.remove(forward)
+        stopped = STOP.requested
     final = run.read_final()
     if final is not None:
         if not _finished_after_last_lock(run):
@@ -201,16 +227,27 @@ def execute_torchrun(cfg: Dict[str, Any], run_dir: str, keep_weights: bool, npro
         if not keep_weights:
             shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
         return {"outcome": final["status"], "final": final}
-    if stops:  # torchrun may go before its workers (SLURM signals every process of a job step): wait for the lock
+    if stopped:  # torchrun may go before its workers (SLURM signals every process of a job step): wait for the lock
         deadline = time.monotonic() + 120
         while locked_by_other(run.path) and time.monotonic() < deadline:
             time.sleep(0.5)
-        raise Preempted(f"stopped by signal {signal.Signals(stops[0]).name}: {run_dir} checkpointed")
+        raise Preempted(f"stopped by a signal: {run_dir} checkpointed; rerun the same command to resume")
     if locked_by_other(run.path):
         return {"outcome": "locked", "message": f"{run_dir} is being trained by another process"}
     tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
     return {"outcome": "failed", "message": f"torchrun exited with {proc.returncode} and no final.json; the end of "
                                             f"its output ({log_path}):\n{tail}"}
+
+
+def _copy_until_stop(reader, out) -> bool:
+    """Copy what torchrun wrote since the last call to ``out``. After a stop, hold it back (torchrun reports its
+    own shutdown at length, with a traceback; the log keeps it): returns whether anything was held back."""
+    text = reader.read()
+    if text and not STOP.requested:
+        out.write(text)
+        out.flush()
+        return False
+    return bool(text)
 
 
 def locked_by_other(run_dir) -> bool:
@@ -230,24 +267,86 @@ def locked_by_other(run_dir) -> bool:
 
 @LAUNCHERS.register("local")
 def launch_local(pending, cfgs: Sequence[Dict], dirs: Sequence[str], keep: Sequence[bool], jobs: int = 1,
-                 on_result: Callable = None, nproc: int = 1, out=None, **_) -> None:
+                 on_result: Optional[Callable] = None, nproc: int = 1, out=None, **_) -> None:
+    """Each run in this process, or in ``jobs`` spawned workers. After a stop signal no run starts: the ones not
+    started are reported ``not started``, those in progress as they end (``stopped``, checkpointed, or finished)."""
+    on_result = on_result or (lambda i, result: None)
     if nproc > 1 or jobs <= 1:  # in this process; a DDP run takes nproc processes (often every GPU) for itself
+        from ..train.engine import Preempted
         for i, (cfg, run_dir, keep_weights) in enumerate(zip(cfgs, dirs, keep)):
-            call = (lambda: execute_torchrun(cfg, run_dir, keep_weights, nproc, out)) if nproc > 1 else \
-                (lambda: execute_one(cfg, run_dir, keep_weights))
-            if on_result(i, _guarded(call)) is False:
+            if STOP.requested:
+                on_result(i, NOT_STARTED)
+                continue
+            call = (lambda c=cfg, d=run_dir, k=keep_weights: execute_torchrun(c, d, k, nproc, out)) if nproc > 1 \
+                else (lambda c=cfg, d=run_dir, k=keep_weights: execute_one(c, d, k))
+            try:
+                result = _guarded(call)
+            except Preempted as err:
+                result = {"outcome": "stopped", "message": str(err)}
+            if on_result(i, result) is False:
                 return
         return
+    _launch_pool(cfgs, dirs, keep, jobs, on_result)
+
+
+def _launch_pool(cfgs, dirs, keep, jobs: int, on_result: Callable) -> None:
+    """``jobs`` spawned workers. A stop signal reaches the workers from the terminal (Ctrl-C goes to the whole
+    process group) or from here (SIGTERM, forwarded at the first signal); queued runs are cancelled or, already
+    handed to a worker, refused by it (``_worker_execute``). Never ``with ProcessPoolExecutor``: its exit waits for
+    every queued run, and a second Ctrl-C must not wait."""
     import torch
     ctx = mp.get_context("spawn")  # fork after torch/OpenMP initialisation can deadlock; CUDA needs spawn anyway
     counter = ctx.Value("i", 0)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(counter, torch.cuda.device_count(), os.getpid())) as pool:
-        futures = {pool.submit(_worker_execute, *args, os.getpid()): i for i, args in enumerate(zip(cfgs, dirs, keep))}
-        for future in as_completed(futures):
-            if on_result(futures[future], future.result()) is False:
-                for f in futures:
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                               initargs=(counter, torch.cuda.device_count(), os.getpid()))
+
+    def forward(signum):  # in the signal handler: only a kill per worker
+        for pid in list(getattr(pool, "_processes", None) or {}):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    STOP.on_first.append(forward)
+    stopped_at_once = True
+    try:
+        # The workers start with the stop signals blocked (a blocked mask is inherited through fork and exec) until
+        # their handler is in place: a Ctrl-C while they import torch waits for it instead of killing them.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            futures = {pool.submit(_worker_execute, *args, os.getpid()): i
+                       for i, args in enumerate(zip(cfgs, dirs, keep))}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if STOP.requested:  # signalled while submitting, before the workers existed
+            forward(STOP.signum)
+        pending, cancelled = set(futures), False
+        while pending:
+            if STOP.requested and not cancelled:
+                cancelled = True
+                for f in pending:
                     f.cancel()
+            for f in [f for f in pending if f.cancelled()]:
+                pending.discard(f)
+                on_result(futures[f], NOT_STARTED)
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future.cancelled():
+                    on_result(futures[future], NOT_STARTED)
+                    continue
+                try:
+                    result = future.result()
+                except BrokenProcessPool as err:  # a worker died (killed, out of memory): its run is resumable
+                    result = {"outcome": "stopped" if STOP.requested else "failed",
+                              "message": f"its worker process died ({err})"}
+                    if STOP.requested and RunDir(dirs[futures[future]]).status() == "todo":
+                        result = NOT_STARTED
+                if on_result(futures[future], result) is False:
+                    for f in pending:
+                        f.cancel()
+        stopped_at_once = False
+    finally:
+        STOP.on_first.remove(forward)
+        pool.shutdown(wait=not stopped_at_once, cancel_futures=True)
 
 
 class SubmititRun:
@@ -300,6 +399,13 @@ def _submitit(cluster, pending, cfgs, dirs, keep, jobs: int, on_result, folder: 
     print(f"submitted {len(submitted)} job(s) through submitit ({cluster or 'slurm'}), logs in {folder}; waiting "
           "(interrupting leaves them running: re-run the same command later to collect)", flush=True)
     for i, job in enumerate(submitted):
+        with STOP.phase("stops waiting for the jobs (they run on: rerun the same command to collect them)"):
+            while not job.done() and not STOP.requested:  # a Ctrl-C stops the waiting; the jobs run on
+                time.sleep(1.0)
+        if STOP.requested:
+            print(f"stopped waiting: {len(submitted) - i} job(s) left running; rerun the same command to collect them",
+                  flush=True)
+            return
         try:
             result = job.result()
         except Exception as err:  # noqa: BLE001 - a failed job (e.g. timed out too often) is reported as failed

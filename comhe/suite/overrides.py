@@ -12,10 +12,15 @@ it computes) is not a change of protocol and is not printed.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..train import config as config_lib
 from ..train.records import RUN_ID_IGNORES
+
+# A value that is exactly ``${name}``: a column variable. ``experiments`` substitutes it; here it marks a key every
+# column sets. Defined here, below ``experiments``, so that the two modules do not import each other.
+VAR = re.compile(r"^\$\{(\w+)\}$")
 
 
 def _keys(mapping: Optional[Mapping[str, Any]]) -> List[str]:
@@ -30,9 +35,13 @@ def _keys(mapping: Optional[Mapping[str, Any]]) -> List[str]:
     return out
 
 
+def layout_keys_of(mapping: Optional[Mapping[str, Any]]) -> List[str]:
+    """The config keys one layer of the layout sets (``lr``, ``model_options.width``)."""
+    return _keys(mapping)
+
+
 def _var_keys(mapping: Optional[Mapping[str, Any]], prefix: str = "") -> List[str]:
     """Keys whose value is a column variable (``${lam}``): each column sets them."""
-    from .experiments import VAR
     out = []
     for key, value in (mapping or {}).items():
         if isinstance(value, Mapping):
@@ -56,7 +65,7 @@ def layout_keys(exp) -> Dict[str, List[str]]:
         for key in _keys(mapping):
             out.setdefault(key, []).append(where)
     variables = sorted({v for c in exp.columns for v in c.vars})
-    for where, mapping in [("base", exp.base)] + [(w, m) for w, m in layers]:
+    for _where, mapping in [("base", exp.base)] + [(w, m) for w, m in layers]:
         for key in _var_keys(mapping):
             out.setdefault(key, []).append(f"every column (${{{', '.join(variables)}}})")
     return out

@@ -10,7 +10,9 @@ whatever launches it: a local worker, torchrun, a SLURM job on a shared filesyst
 
 The table's ETA (``table_eta``) adds up, for each unfinished run, its iterations left over its rate (its own where
 measured, else the mean of the measured runs of the same model and dataset, else of all measured runs) and divides
-by the runs that train at once. It says "unknown" until a first rate is measured. ``DRY=1`` shows each partial run's
+by the runs that train at once; the plan's runs finished earlier lend their rates. While training, once a run has
+finished in this command, the ETA is at least the pace the command has kept (``Monitor._observed_eta``: wall time,
+so each run's start-up counts). It says "unknown" until a first rate is measured. ``DRY=1`` shows each partial run's
 iteration and ETA (``describe``) without writing anything: the lock probe is read-only.
 """
 from __future__ import annotations
@@ -99,13 +101,15 @@ def _group(cfg: Mapping[str, Any]) -> Tuple[str, str]:
 
 def table_eta(runs: Sequence[Tuple[str, Mapping[str, Any]]], concurrent: int,
               rates: Optional[Dict[str, float]] = None,
-              records: Optional[Mapping[str, Optional[Dict[str, Any]]]] = None) -> Optional[float]:
+              records: Optional[Mapping[str, Optional[Dict[str, Any]]]] = None,
+              reference: Sequence[Tuple[str, Mapping[str, Any]]] = ()) -> Optional[float]:
     """Seconds until every run of ``runs`` (``(run dir, cfg)``) is finished, at the measured rates (module
     docstring); None while no rate is known. ``rates`` (run dir -> iterations/s) and ``records`` (run dir -> its
-    progress record, or None for none) save re-reading records."""
+    progress record, or None for none) save re-reading records. ``reference``: finished runs of the same plan, whose
+    rates count too (28 of 40 runs done is not "no rate yet")."""
     rates = dict(rates) if rates is not None else {}
     records = records or {}
-    for run_dir, cfg in runs:
+    for run_dir, cfg in list(runs) + list(reference):
         if run_dir not in rates:
             rate = measured_rate(run_dir, cfg, records.get(run_dir, _UNREAD))
             if rate:
@@ -113,7 +117,7 @@ def table_eta(runs: Sequence[Tuple[str, Mapping[str, Any]]], concurrent: int,
     if not rates:
         return None
     by_group: Dict[Tuple[str, str], List[float]] = {}
-    cfgs = dict(runs)
+    cfgs = {**dict(reference), **dict(runs)}
     for run_dir, rate in rates.items():
         if run_dir in cfgs:
             by_group.setdefault(_group(cfgs[run_dir]), []).append(rate)
@@ -155,8 +159,13 @@ class Monitor:
     """Polls the progress records of ``runs`` (``(name, run dir, cfg)``) and shows them (module docstring)."""
 
     def __init__(self, runs: Sequence[Tuple[str, str, Mapping[str, Any]]], concurrent: int, out=sys.stdout,
-                 bars: Optional[bool] = None, poll_s: Optional[float] = None, line_every_s: Optional[float] = None):
+                 bars: Optional[bool] = None, poll_s: Optional[float] = None, line_every_s: Optional[float] = None,
+                 finished: Sequence[Tuple[str, Mapping[str, Any]]] = ()):
+        """``finished``: ``(run dir, cfg)`` of the plan's runs finished before this command (their rates count)."""
         self.runs, self.concurrent, self.out = list(runs), max(1, concurrent), out
+        self.reference = list(finished)
+        self._started = time.monotonic()
+        self._baseline: Optional[Tuple[int, int]] = None   # (iterations done, runs finished) at the first look
         self.bars = (hasattr(out, "isatty") and out.isatty()) if bars is None else bars
         self.poll_s = POLL_S if poll_s is None else poll_s
         self.line_every_s = LINE_EVERY_S if line_every_s is None else line_every_s
@@ -219,8 +228,30 @@ class Monitor:
                 rate = measured_rate(run_dir, cfg, record)
             if rate:
                 rates[run_dir] = rate
-        eta = table_eta([(d, c) for _, d, c in self.runs], self.concurrent, rates, records)
+        for run_dir, cfg in self.reference:  # read once: finished runs do not change
+            if run_dir not in self._final_rates:
+                self._final_rates[run_dir] = measured_rate(run_dir, cfg)
+            known = self._final_rates[run_dir]
+            if known:
+                rates[run_dir] = known
+        eta = table_eta([(d, c) for _, d, c in self.runs], self.concurrent, rates, records, self.reference)
+        observed = self._observed_eta(done, finished)
+        if observed is not None:  # the larger: run rates leave out each run's start-up (imports, data, model)
+            eta = observed if eta is None else max(eta, observed)
         return {"done": done, "finished": finished, "running": running, "eta_s": eta}
+
+    def _observed_eta(self, done: int, finished: int) -> Optional[float]:
+        """The ETA at the pace this command has kept: iterations done since it started over the wall time, which
+        counts every cost of a run (start-up, data, evaluations) and the workers' concurrency. Only once a run has
+        finished here, so that some start-up is in the measure (a GCN run trains in 2 s after 5-40 s of imports)."""
+        if self._baseline is None:
+            self._baseline = (done, finished)
+            return None
+        done0, finished0 = self._baseline
+        elapsed = time.monotonic() - self._started
+        if finished <= finished0 or done <= done0 or elapsed <= 0:
+            return None
+        return max(self.total - done, 0) * elapsed / (done - done0)
 
     def poll(self) -> Optional[Dict[str, Any]]:
         """Draw the bars, or print the block of lines when one is due; returns the snapshot shown (None when no
@@ -268,12 +299,15 @@ class Monitor:
 
 def _run_text(record: Mapping[str, Any], short: bool = False) -> str:
     it, total = int(record.get("iteration") or 0), int(record.get("iterations") or 0)
-    rate = record.get("images_per_s")
-    speed = f"{rate:.0f} img/s" if rate else "? img/s"
+    epochs = record.get("unit") == "epoch"  # a full-batch node run: epochs of the whole graph, no images
+    rate = record.get("iterations_per_s") if epochs else record.get("images_per_s")
+    speed = (f"{rate:.1f} epochs/s" if epochs else f"{rate:.0f} img/s") if rate else \
+        ("? epochs/s" if epochs else "? img/s")
     eta = duration(record.get("eta_s"))
     latest = record.get("latest") or {}
-    err = f", test error {latest['test_error']:.2f}% at {int(latest['iteration'])}" \
-        if isinstance(latest.get("test_error"), (int, float)) and latest.get("iteration") else ""
+    key, label = ("test_acc", "test accuracy") if epochs else ("test_error", "test error")
+    err = f", {label} {latest[key]:.2f}% at {int(latest['iteration'])}" \
+        if isinstance(latest.get(key), (int, float)) and latest.get("iteration") else ""
     if short:
         return f"{speed}, ETA {eta}{err}"
     return f"{it}/{total} ({100.0 * it / max(total, 1):.1f}%)  {speed}  ETA {eta}{err}"

@@ -15,6 +15,10 @@ Markdown column per paper column, each cell ``ours`` over ``paper value (Δ)``. 
 ``running=True`` (``python -m comhe.run table1 --running``, ``make table1 RUNNING=1``) also counts the runs still
 training, at their latest evaluation (``metrics.csv``), marked ``+ k running`` in the cell; claims and deltas use
 the finished runs only, so nothing provisional is tested or compared with the paper.
+
+Every finished run's records are checked against their seal (``train/seal.py``) before they are read: a damaged or
+edited record makes the run ``damaged``, listed under the table with the file and why, and left out of every mean,
+std, Δ and claim (``RETRAIN_DAMAGED=1`` retrains it); a record older than seals is counted and flagged unverified.
 """
 from __future__ import annotations
 
@@ -25,25 +29,52 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
+import yaml
 
 from . import claims as claims_lib
 from .experiments import EXPERIMENTS_DIR, METRICS, CellRun, Experiment, Reference
 from ..train.records import RunDir, atomic_write
+from ..train.seal import Verdict
 
 DASH, NOT_CONVERGED, NOT_RUN = "—", "N/C", "not run"
 WIDE_COLUMNS = 12   # Markdown columns beyond which a table gets the compact layout (one column per paper column)
+DAMAGED_HINT = "`make verify` lists every damaged record; `RETRAIN_DAMAGED=1` retrains these runs"
 RESULT_KEYS = ("final_test_error", "best_test_error", "final_test_accuracy", "best_test_accuracy", "best_iteration",
                "final_hidden_energy", "iterations", "diverged_at", "wall_time_s", "train_images_per_s",
                "final_val_accuracy", "final_val_loss", "stopped_early")  # the last three: node runs
 META_KEYS = ("git_sha", "device", "torch", "cuda", "host")
 
 
-def run_status(run: RunDir) -> Tuple[str, Optional[Dict[str, Any]]]:
-    """``done`` | ``diverged`` | ``partial`` | ``todo``, and final.json when there is one."""
-    final = run.read_final()
+def checked_status(run: RunDir) -> Tuple[str, Optional[Dict[str, Any]], Verdict]:
+    """``done`` | ``diverged`` | ``damaged`` | ``partial`` | ``todo``, final.json when it is a result, and the seal's
+    verdict (``seal.Verdict``): a finished run whose records fail their check is ``damaged``, with no results."""
+    verdict = run.verify()
+    if verdict.damaged:
+        return "damaged", None, verdict
+    try:
+        final = run.read_final()
+    except (OSError, ValueError):  # rewritten since it was checked: damaged too (never a traceback, never a number)
+        return "damaged", None, Verdict("damaged", "final.json: changed while it was read")
     if final is not None:
-        return ("diverged" if final.get("status") == "diverged" else "done"), final
-    return run.status(), None
+        return ("diverged" if final.get("status") == "diverged" else "done"), final, verdict
+    return run.status(), None, verdict
+
+
+def record_sha(run_dir: Path) -> Optional[Any]:
+    """The commit in a run's meta.json (None without one, or when its records are damaged)."""
+    run = RunDir(run_dir)
+    if not (run.path / "meta.json").exists() or run.verify().damaged:
+        return None
+    meta = _or_empty(run.read_meta, {})
+    return meta.get("git_sha") if isinstance(meta, dict) else None
+
+
+def _or_empty(read, default):
+    """A partial run's record read for display only: what cannot be read is shown as missing."""
+    try:
+        return read()
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
+        return default
 
 
 def _flatten(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -64,22 +95,25 @@ def collect(exp: Experiment, cells: Sequence[CellRun], runs_root: Path, running:
     rows = []
     for cell in cells:
         run = RunDir(Path(runs_root) / cell.name)
-        status, final = run_status(run)
+        status, final, verdict = checked_status(run)
         if running and status == "partial":
             final = latest(run)
-        meta = run.read_meta() if status != "todo" else {}
-        cfg = _flatten(run.read_config() if run.config_path.exists() else cell.cfg)
-        cfg["device_requested"] = cfg.pop("device")  # "device" is the hardware the run used (meta.json)
+        readable = status not in ("todo", "damaged")  # a damaged run's settings are the planned ones
+        meta = _or_empty(run.read_meta, {}) if readable else {}
+        stored = _or_empty(run.read_config, None) if readable and run.config_path.exists() else None
+        cfg = _flatten(stored if isinstance(stored, dict) else cell.cfg)
+        cfg["device_requested"] = cfg.pop("device", None)  # "device" is the hardware the run used (meta.json)
         rows.append({"experiment": exp.name, "profile": exp.profile, "row": cell.row, "column": cell.column,
                      "seed": cell.seed, "run": cell.name, "status": status,
-                     **results(final), **{k: meta.get(k) for k in META_KEYS}, **cfg})
+                     "record": verdict.state, "record_problem": verdict.problem if verdict.damaged else None,
+                     **results(final), **{k: meta.get(k) for k in META_KEYS if isinstance(meta, dict)}, **cfg})
     return pd.DataFrame(rows)
 
 
 def latest(run: RunDir) -> Optional[Dict[str, Any]]:
     """A partial run's results so far, final.json-like, from its latest evaluation after iteration 0 (None if none):
     ``final_<x>`` is the last row's ``<x>``, ``best_<x>`` the best so far (the lowest, the highest for an accuracy)."""
-    rows = [r for r in run.read_metrics() if float(r.get("iteration") or 0) > 0]
+    rows = [r for r in _or_empty(run.read_metrics, []) if (_float(r.get("iteration")) or 0) > 0]
     if not rows:
         return None
     out: Dict[str, Any] = {"latest_iteration": int(float(rows[-1]["iteration"]))}
@@ -239,8 +273,31 @@ def claim_values(exp: Experiment, stats: Dict[Tuple[str, str], CellStats]) -> Di
 
 def status_line(df: pd.DataFrame) -> str:
     counts = Counter(df.drop_duplicates("run")["status"]) if len(df) else Counter()
-    parts = [f"{counts[s]} {s}" for s in ("done", "diverged", "partial", "todo") if counts[s]]
+    parts = [f"{counts[s]} {s}" for s in ("done", "diverged", "damaged", "partial", "todo") if counts[s]]
     return ", ".join(parts) or "none planned"
+
+
+def damaged_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run whose records failed their check (``record_problem``: the file and why)."""
+    if not len(df) or "record" not in df:
+        return df.iloc[:0]
+    return df[df["status"] == "damaged"].drop_duplicates("run")
+
+
+def record_lines(df: pd.DataFrame) -> List[str]:
+    """Under the table: each damaged run with its file and why; how many runs are unverified (older records)."""
+    lines = []
+    damaged = damaged_rows(df)
+    if len(damaged):
+        lines += ["", f"Damaged run records, left out of every mean, Δ and claim ({DAMAGED_HINT}):"]
+        lines += [f"- `{r['run']}` ({r['row']} / {r['column']}, seed {r['seed']}): {r['record_problem']}"
+                  for _, r in damaged.iterrows()]
+    unverified = df[df["record"] == "unverified"].drop_duplicates("run") if len(df) and "record" in df else df
+    if len(unverified):
+        lines += ["", f"Unverified run records: {len(unverified)} run(s) written before records were sealed are "
+                  "counted, but an edit to them cannot be detected (`python -m comhe.run verify --seal` seals them "
+                  "once you trust them)."]
+    return lines
 
 
 def _digits(exp: Experiment, column: str) -> int:
@@ -267,14 +324,20 @@ def run_claims(exp: Experiment) -> List[Dict[str, Any]]:
     return out
 
 
-def command(exp: Experiment) -> str:
-    """The command that regenerates this table: target, profile, seeds and protocol overrides."""
+def command(exp: Experiment, target: Optional[str] = None) -> str:
+    """The command that regenerates this table: target, profile, seeds, columns, results folder and protocol
+    overrides (``target``: another target with the same options, e.g. ``all`` for the scorecard)."""
     path = Path(exp.path).resolve()
-    target = exp.name if path.parent == EXPERIMENTS_DIR else \
-        str(path.relative_to(EXPERIMENTS_DIR.parent) if EXPERIMENTS_DIR.parent in path.parents else path)
+    target = target or (exp.name if path.parent == EXPERIMENTS_DIR else
+                        str(path.relative_to(EXPERIMENTS_DIR.parent) if EXPERIMENTS_DIR.parent in path.parents
+                            else path))
     parts = ["python -m comhe.run", target] + ([f"--profile {exp.profile}"] if exp.profile != "paper" else [])
     if exp.seeds_given:
         parts.append(f"--seeds {','.join(map(str, exp.seeds))}")
+    if exp.columns_given:  # as run: without it the command would plan (and maybe download) every column
+        parts.append(f"--columns {','.join(exp.columns_given)}")
+    if exp.results_given:
+        parts.append(f"--results {exp.results_given}")
     return " ".join(parts + list(exp.overrides))
 
 
@@ -314,7 +377,9 @@ def render_md(exp: Experiment, df: pd.DataFrame, extra: Sequence[str] = ()) -> s
         cell = ("Cell: ours mean ± std over seeds (n finished runs), below it the reference value and Δ = ours − "
                 "reference.")
     warning = protocol_line(exp)
-    lines = [f"# {exp.title}", "", f"Source: {exp.source}", ""] + ([f"**{warning}**", ""] if warning else []) + [
+    stopped = df.attrs.get("incomplete")  # runner.render: training was stopped by a signal before these runs finished
+    lines = [f"# {exp.title}", "", f"Source: {exp.source}", ""] + ([f"**{warning}**", ""] if warning else []) + \
+        ([f"**INCOMPLETE: {stopped}**", ""] if stopped else []) + [
              f"Profile `{exp.profile}`, seeds {', '.join(map(str, exp.seeds))}; metric: {_metric_line(exp)}. "
              f"{cell} "
              f"{DASH}: not run yet; {NOT_CONVERGED}: diverged (not converged), left out of the mean.", "",
@@ -323,6 +388,7 @@ def render_md(exp: Experiment, df: pd.DataFrame, extra: Sequence[str] = ()) -> s
     if any(st.running for st in stats.values()):
         lines += ["", "Cells with \"+ k running\" also count runs still training, at their latest evaluation "
                   f"({running_line(df)}); these are not results: Δ and the claims use the finished runs only."]
+    lines += record_lines(df)
     lines += ["", "References:"] + ([f"- {r.label}: {r.source}" for r in exp.references] or ["- none"])
     if exp.not_run:
         lines += ["", "Not run:"] + [f"- {name}: {why}" for name, why in exp.not_run.items()]
@@ -373,7 +439,7 @@ def render_tex(exp: Experiment, df: pd.DataFrame) -> str:
     widths = [len(subs) for _, subs in groups]
     spec = "l" + "".join(" " + "r" * w for w in widths)
     top, rules, start = ["Method"], [], 2
-    for (name, subs), w in zip(groups, widths):
+    for (name, _subs), w in zip(groups, widths):
         top.append(rf"\multicolumn{{{w}}}{{c}}{{{tex_escape(name)}}}")
         rules.append(rf"\cmidrule(lr){{{start}-{start + w - 1}}}")
         start += w
@@ -381,6 +447,8 @@ def render_tex(exp: Experiment, df: pd.DataFrame) -> str:
     lines = [f"% {exp.title}: generated from the run records by `{command(exp)}`; do not edit.",
              f"% Profile {exp.profile}, seeds {', '.join(map(str, exp.seeds))}; runs: {status_line(df)}.",
              rf"\begin{{tabular}}{{{spec}}}"]
+    if df.attrs.get("incomplete"):  # runner.render: training was stopped by a signal
+        lines.insert(2, f"% INCOMPLETE: {df.attrs['incomplete']}")
     if exp.overrides or exp.profile != "paper":  # in the printed table, not only in a comment
         note = protocol_line(exp) or "Not the paper protocol."
         lines.insert(2, f"% {note}")
@@ -390,6 +458,10 @@ def render_tex(exp: Experiment, df: pd.DataFrame) -> str:
     lines += [r"\toprule", " & ".join(top) + r" \\", " ".join(rules), " & ".join(sub) + r" \\", r"\midrule"]
     lines += [" & ".join(tex_escape(cell) for cell in line) + r" \\" for line in body]
     lines += [r"\bottomrule"]
+    damaged = damaged_rows(df)
+    if len(damaged):  # named in the .md; here the count, so that the printed table does not hide it
+        lines.append(rf"\multicolumn{{{len(sub)}}}{{l}}{{\footnotesize {len(damaged)} run(s) left out: damaged run "
+                     r"records (listed in the .md).} \\")
     if running:
         lines.append(rf"\multicolumn{{{len(sub)}}}{{l}}{{\footnotesize + k running: runs still training, at their "
                      r"latest evaluation; not results.} \\")

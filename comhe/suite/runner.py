@@ -13,6 +13,10 @@ a run another process is training comes back ``locked``; once its own runs are d
 locks, polling, and then counts the run ``elsewhere`` if the other process finished it, or trains (resumes) it if
 that process stopped without finishing. So every invocation ends with every run done (or failed) and renders the
 same complete table, and no run is trained twice (``engine.train`` re-checks final.json under the lock).
+
+A finished run whose records fail their seal (``train/seal.py``) is ``damaged``: not retrained and not counted as a
+result, but named when the tables are written; ``retrain_damaged`` (``RETRAIN_DAMAGED=1``) first moves its folder
+to ``<runs root>/.damaged/<run>.<UTC time>`` (kept for inspection, never read again) and trains the run afresh.
 """
 from __future__ import annotations
 
@@ -27,10 +31,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import experiments as experiments_lib
+from . import labels
 from . import progress as progress_lib
 from .experiments import CellRun, Experiment
 from .launchers import LAUNCHERS, _execute_guarded, execute_one, locked_by_other  # noqa: F401 - re-exported
-from ..train.records import RunDir
+from ..train.interrupt import STOP
+from ..train.io_errors import DiskFailure
+from ..train.records import RunDir, RunLocked
+from ..train.seal import Verdict
 
 WAIT_POLL_S = 2.0  # seconds between looks at runs another process is training
 
@@ -66,9 +74,13 @@ def make_plan(names: Sequence[str], profile: str = "paper", seeds: Any = None, o
               columns: Sequence[str] = ()) -> Plan:
     """``columns``: plan only these columns (case-insensitive) of each experiment (``COLUMNS=Cora``)."""
     exps = [experiments_lib.load(n, profile, seeds) for n in targets(names)]
+    for exp in exps:  # a smoke column labelled t = 4 that ran at width 1 says so (labels.py)
+        exp.notes = list(exp.notes) + labels.notes(exp)
     for exp in exps if columns else ():
         experiments_lib.restrict(exp, columns)
-    cells, runs, keep = {}, {}, {}
+    cells: Dict[str, Any] = {}
+    runs: Dict[str, Planned] = {}
+    keep: Dict[str, bool] = {}
     for exp in exps:
         cells[exp.name] = experiments_lib.plan(exp, overrides)
         for cell in cells[exp.name]:
@@ -79,6 +91,38 @@ def make_plan(names: Sequence[str], profile: str = "paper", seeds: Any = None, o
 
 def status(runs_root: Path, name: str) -> str:
     return RunDir(Path(runs_root) / name).status()
+
+
+def damaged_runs(runs: Sequence[Planned], runs_root: Path) -> Dict[str, Verdict]:
+    """Run name -> the seal's verdict, for the finished runs of ``runs`` whose records are damaged."""
+    found = {p.name: RunDir(Path(runs_root) / p.name).verify() for p in runs if status(runs_root, p.name) == "done"}
+    return {name: verdict for name, verdict in found.items() if verdict.damaged}
+
+
+def damaged_line(run_dir: Path, verdict: Verdict) -> str:
+    """One line: the damaged file's path and why."""
+    return f"damaged record: {Path(run_dir)}/{verdict.problem}"
+
+
+def set_aside(run_dir: Path) -> Optional[Path]:
+    """Move a damaged run's folder to ``<runs root>/.damaged/<run>.<UTC time>``, under its lock, so that the run is
+    trained afresh. None when its records are no longer damaged; ``RunLocked`` when another process holds it."""
+    run = RunDir(run_dir)
+    run.lock()
+    try:
+        if not run.verify().damaged:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = run.path.parent / ".damaged" / f"{run.path.name}.{stamp}"
+        for k in range(1, 1000):
+            if not dest.exists():
+                break
+            dest = dest.with_name(f"{run.path.name}.{stamp}-{k}")
+        dest.parent.mkdir(exist_ok=True)
+        os.rename(run.path, dest)  # same filesystem: atomic; the lock moves with it and is released below
+        return dest
+    finally:
+        run.unlock()
 
 
 def _cpu_threads(processes: int) -> int:
@@ -114,17 +158,18 @@ def default_jobs(results: Path = Path("results"), measured: Optional[Dict[str, A
     return 4  # not measured on this card; run make bench-gpu
 
 
-STEP_MODES = {"eager": {}, "cuda_graph": {"cuda_graph": True}, "compile": {"compile": True}}
+STEP_MODES = {"eager": {"cuda_graph": False}, "cuda_graph": {"cuda_graph": True},
+              "compile": {"compile": True, "cuda_graph": False}}
 
 
-def step_mode(modes: Dict[str, Any], model: str, regularizer: str) -> str:
-    """The mode ``make bench-gpu`` measured fastest for (model, regulariser) on this card, else eager. ``modes``:
-    model -> regulariser -> mode; an older file's model -> mode was measured on the baseline and RP-CoMHE only, so it
-    applies to those two."""
+def step_mode(modes: Dict[str, Any], model: str, regularizer: str) -> Optional[str]:
+    """The mode ``make bench-gpu`` measured fastest for (model, regulariser) on this card, else None (not measured:
+    the run's ``cuda_graph: auto`` decides). ``modes``: model -> regulariser -> mode; an older file's model -> mode
+    was measured on the baseline and RP-CoMHE only, so it applies to those two."""
     entry = modes.get(model)
     if isinstance(entry, str):
-        return entry if regularizer in ("none", "rp_comhe") else "eager"
-    return entry.get(regularizer, "eager") if isinstance(entry, dict) else "eager"
+        return entry if regularizer in ("none", "rp_comhe") else None
+    return entry.get(regularizer) if isinstance(entry, dict) else None
 
 
 def without_mode(modes: Dict[str, Any], mode: str) -> Dict[str, Any]:
@@ -136,27 +181,32 @@ def without_mode(modes: Dict[str, Any], mode: str) -> Dict[str, Any]:
 def apply_step_modes(plan: Plan, modes: Dict[str, Any]) -> List[str]:
     """Give each planned run the step mode ``make bench-gpu`` measured fastest for its model and regulariser on this
     card (``step_mode``). The keys are outside a run's identity: names and results are unchanged, only the speed (and
-    a mode that fails on a run falls back to eager with a warning). Returns ``model/regulariser: mode`` per change."""
+    a mode that fails on a run falls back to eager with a warning). Returns ``model/regulariser: mode`` per fast mode
+    given."""
     changed = []
     for run in plan.runs:
         mode = step_mode(modes, run.cfg["model"], run.cfg["regularizer"])
-        keys = STEP_MODES.get(mode, {})
-        if keys:
-            run.cfg = {**run.cfg, **keys}
-            changed.append(f"{run.cfg['model']}/{run.cfg['regularizer']}: {mode}")
+        if mode in STEP_MODES:
+            run.cfg = {**run.cfg, **STEP_MODES[mode]}  # eager too: measured faster than the captured default
+            if mode != "eager":
+                changed.append(f"{run.cfg['model']}/{run.cfg['regularizer']}: {mode}")
     return sorted(set(changed))
 
 
 def prepare_configs(pending: Sequence[Planned], jobs: int, nproc: int = 1) -> List[Dict[str, Any]]:
     """Per-run execution settings (not part of the run's identity): CPU threads when several processes share the
-    CPU (``jobs`` runs at once, or one run's ``nproc`` DDP processes)."""
+    CPU (``jobs`` runs at once, or one run's ``nproc`` DDP processes), and as many DataLoader workers each."""
     import torch
+
+    from .. import data
     cfgs = []
     processes = jobs if nproc <= 1 else nproc  # DDP runs go one at a time
     for p in pending:
         cfg = dict(p.cfg)
         if processes > 1 and cfg["threads"] == 0 and not torch.cuda.is_available():
             cfg["threads"] = _cpu_threads(processes)
+        if cfg["workers"] == "auto" and processes > 1:  # the cores shared by the runs (or DDP ranks) at once
+            cfg["workers"] = data.loader_workers("auto", processes)
         cfgs.append(cfg)
     return cfgs
 
@@ -182,6 +232,8 @@ def preflight(pending: Sequence[Planned]) -> None:
     from .. import data
     seen = set()
     for p in pending:
+        if STOP.requested:  # a stop signal: no further dataset (nothing will be trained)
+            return
         cfg = p.cfg
         key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
         if key in seen:
@@ -205,14 +257,15 @@ def missing_data(runs: Sequence[Planned]) -> Dict[str, str]:
     """Run name -> why its dataset cannot be had (``DRY=1``); reads only, one look per distinct dataset."""
     from .. import data
     found: Dict[Any, Optional[str]] = {}
-    out = {}
+    out: Dict[str, str] = {}
     for p in runs:
         cfg = p.cfg
         key = (cfg["dataset"], cfg["data_root"], tuple(sorted(cfg["data"].items())))
         if key not in found:
             found[key] = data.locate(cfg["dataset"], cfg["data_root"] or None, **cfg["data"])[0]
-        if found[key]:
-            out[p.name] = found[key]
+        why = found[key]
+        if why:
+            out[p.name] = why
     return out
 
 
@@ -225,28 +278,64 @@ def check_nproc(pending: Sequence[Planned], nproc: int) -> None:
                           if bad else f"NPROC must be >= 1, got {nproc}")
 
 
-def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", options: Dict[str, Any] = None,
-          out=sys.stdout, nproc: int = 1, poll_s: float = WAIT_POLL_S) -> Dict[str, int]:
+def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", options: Optional[Dict[str, Any]] = None,
+          out=sys.stdout, nproc: int = 1, poll_s: float = WAIT_POLL_S, retrain_damaged: bool = False) -> Dict[str, int]:
     """Train every run of the plan that is not finished; wait for those another process is training (module
-    docstring). Returns the count of each outcome. Raises ``ConfigError`` for an ``nproc`` that does not fit."""
+    docstring). A finished run with damaged records is counted ``damaged`` and left alone, or with
+    ``retrain_damaged`` set aside and trained again. Returns the count of each outcome. Raises ``ConfigError`` for an
+    ``nproc`` that does not fit.
+
+    A first stop signal (Ctrl-C, SIGTERM: ``train/interrupt.py``) starts no further run; the runs in progress
+    checkpoint and stop, and come back ``stopped``, the others ``not started``; a second Ctrl-C raises ``StopNow``."""
+    with STOP.handling("no run starts; the runs in progress checkpoint and stop"):
+        return _train(plan, runs_root, jobs, launcher, options, out, nproc, poll_s, retrain_damaged)
+
+
+def _train(plan: Plan, runs_root: Path, jobs: int, launcher: str, options: Optional[Dict[str, Any]], out, nproc: int,
+           poll_s: float, retrain_damaged: bool) -> Dict[str, int]:
     runs_root = Path(runs_root)
+    damaged = damaged_runs(plan.runs, runs_root)
+    for name in list(damaged) if retrain_damaged else ():
+        try:
+            dest = set_aside(runs_root / name)
+        except RunLocked:
+            continue  # another process is retraining it: it stays damaged here, named when the tables are written
+        del damaged[name]
+        if dest is not None:
+            print(f"damaged record set aside in {dest}; the run is trained again", file=out, flush=True)
     pending = [p for p in plan.runs if status(runs_root, p.name) != "done"]
-    counts = {"skipped": len(plan.runs) - len(pending)}
-    print(f"{len(plan.runs)} runs: {counts['skipped']} finished (not retrained), {len(pending)} to train", file=out,
-          flush=True)
-    if not pending:
+    counts = {"skipped": len(plan.runs) - len(pending) - len(damaged)}
+    if damaged:
+        counts["damaged"] = len(damaged)
+    left = (f", {len(damaged)} damaged (not retrained: RETRAIN_DAMAGED=1, --retrain-damaged)" if damaged else "")
+    print(f"{len(plan.runs)} runs: {counts['skipped']} finished (not retrained){left}, {len(pending)} to train",
+          file=out, flush=True)
+    if not pending:  # no run reads the data now: a data root given that is not there is still a typo to report
+        from .precheck import check_data_root_exists
+        for root in dict.fromkeys(p.cfg["data_root"] for p in plan.runs):
+            check_data_root_exists(root)
         return counts
     check_nproc(pending, nproc)
     if launcher != "slurm":
-        preflight(pending)
+        with STOP.phase("finishing the data preparation in progress; no run starts; then the tables and figures are "
+                        "rendered from what exists (marked incomplete)"):
+            preflight(pending)
+    if STOP.requested:
+        counts["not started"] = len(pending)
+        print(f"stopped by {STOP.signal_name()} before training: {len(pending)} run(s) not started", file=out,
+              flush=True)
+        return counts
     cfgs = prepare_configs(pending, jobs, nproc) if launcher == "local" else [dict(p.cfg) for p in pending]
     dirs = [str(runs_root / p.name) for p in pending]
     keep = [plan.keep_weights[p.name] for p in pending]
-    started, done, locked = time.perf_counter(), [0], []
+    started, done, locked, disk_failures = time.perf_counter(), [0], [], []
     width = len(str(len(pending)))
     # Per-run progress and the table's ETA from the runs' progress records, whatever the launcher (progress.py)
     at_once = 1 if nproc > 1 and launcher == "local" else jobs if launcher == "local" or jobs > 1 else len(pending)
-    monitor = progress_lib.Monitor([(p.name, d, c) for p, d, c in zip(pending, dirs, cfgs)], at_once, out).start()
+    pending_names = {p.name for p in pending}
+    monitor = progress_lib.Monitor([(p.name, d, c) for p, d, c in zip(pending, dirs, cfgs)], at_once, out,
+                                   finished=[(str(runs_root / p.name), p.cfg) for p in plan.runs
+                                             if p.name not in pending_names]).start()
 
     def line(i: int, outcome: str, detail: str, index: str) -> None:
         cell = pending[i].cells[0]
@@ -255,6 +344,11 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
 
     def on_result(i: int, result: Dict[str, Any]):
         outcome = "elsewhere" if result["outcome"] == "skipped" else result["outcome"]  # finished since planning
+        if outcome in ("not started", "stopped"):  # after a stop signal (train/interrupt.py)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            if outcome == "stopped":
+                line(i, outcome, result.get("message", ""), "")
+            return True
         if outcome == "locked":
             locked.append(i)
             line(i, outcome, "being trained by another process; waiting for it at the end", "")
@@ -269,8 +363,10 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
              f"{done[0]}/{len(pending)}")
         if result.get("traceback"):
             print(result["traceback"], file=out, flush=True)
-        if outcome == "no data":
+        if outcome in ("no data", "io error"):
             print(f"stopping: {result['message']}", file=out, flush=True)
+            if outcome == "io error":
+                disk_failures.append(result["message"])
             return False
         return True
 
@@ -283,19 +379,23 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
 
     interrupted = False  # Ctrl-C while waiting for runs another process trains
     try:  # the monitor stops on every way out (before the closing line, so bars never tear it)
-        launch(list(range(len(pending))))
-        while locked and not counts.get("no data") and not interrupted:
+        with STOP.phase("no run starts; the runs in progress checkpoint and stop; then the tables and figures are "
+                        "rendered from what exists (marked incomplete)"):
+            launch(list(range(len(pending))))
+        while locked and not counts.get("no data") and not disk_failures and not interrupted and not STOP.requested:
             print(f"waiting for {len(locked)} run(s) another process is training (poll every {poll_s:g} s; Ctrl-C "
                   "stops waiting and renders what exists)", file=out, flush=True)
             waiting, locked[:] = list(locked), []
             while waiting:
-                try:
+                with STOP.phase("stops waiting for the runs another process trains; then the tables and figures are "
+                                "rendered from what exists"):
                     time.sleep(poll_s)
-                except KeyboardInterrupt:  # stop waiting: render what exists, these runs as "locked" (exit code 1)
+                if STOP.requested:  # stop waiting: render what exists, these runs as "locked"
                     counts["locked"] = len(waiting) + len(locked)
                     interrupted = True
                     break
-                still, free = [], []
+                still: List[int] = []
+                free: List[int] = []
                 for i in waiting:
                     if RunDir(dirs[i]).status() == "done":
                         on_result(i, {"outcome": "elsewhere", "final": RunDir(dirs[i]).read_final()})
@@ -306,8 +406,18 @@ def train(plan: Plan, runs_root: Path, jobs: int = 1, launcher: str = "local", o
                     launch(free)  # one locked again by a third process goes back to `locked`
     finally:
         monitor.stop()
+    if disk_failures:
+        raise DiskFailure(disk_failures[0])
     if interrupted:
         print(f"stopped waiting: {counts['locked']} run(s) left to the other process", file=out, flush=True)
+        return counts
+    if STOP.requested:
+        last = ("stopped", "not started")  # the runs the stop left, after those that ended
+        order = [k for k in counts if k not in last] + [k for k in last if k in counts]
+        print(f"stopped by {STOP.signal_name()} after {time.perf_counter() - started:.0f} s: "
+              + ", ".join(f"{counts[k]} {k}" for k in order)
+              + ("; the stopped runs checkpointed: rerun the same command to resume" if counts.get("stopped") else ""),
+              file=out, flush=True)
         return counts
     print(f"trained in {time.perf_counter() - started:.0f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
           file=out, flush=True)
@@ -318,7 +428,8 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
     """List every cell's runs with their status (done / partial / todo), a partial run's iteration and ETA, and the
     runs whose data is missing; trains, creates and writes nothing."""
     states = {p.name: status(runs_root, p.name) for p in plan.runs}
-    no_data = missing_data([p for p in plan.runs if states[p.name] != "done"])
+    states.update(dict.fromkeys(damaged_runs(plan.runs, runs_root), "damaged"))
+    no_data = missing_data([p for p in plan.runs if states[p.name] not in ("done", "damaged")])
     for exp in plan.experiments:
         cells = plan.cells[exp.name]
         warning = f"; overrides {' '.join(exp.overrides)}: not the paper protocol" if exp.overrides else ""
@@ -334,31 +445,55 @@ def dry_run(plan: Plan, runs_root: Path, out=sys.stdout, jobs: int = 1) -> Dict[
         for column, why in exp.not_run.items():
             print(f"  not run: {column}: {why}", file=out)
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "todo")}
-    todo = [p for p in plan.runs if states[p.name] != "done"]
+    if "damaged" in states.values():
+        counts["damaged"] = sum(v == "damaged" for v in states.values())
+    todo = [p for p in plan.runs if states[p.name] not in ("done", "damaged")]
     from .. import data
     # full-batch node runs train no images: an iteration is an epoch of the whole graph
     images = sum(p.cfg["iterations"] * p.cfg["batch_size"] for p in todo if data.task(p.cfg["dataset"]) == "image")
     print(f"{len(plan.runs)} unique runs: {counts['done']} done, {counts['partial']} partial, {counts['todo']} todo; "
           f"left to train: {sum(p.cfg['iterations'] for p in todo)} iterations, {images} training images "
           "(partial runs counted whole)", file=out, flush=True)
-    eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs)
+    if counts.get("damaged"):
+        print(f"{counts['damaged']} finished run(s) with damaged records: not results, not retrained "
+              "(RETRAIN_DAMAGED=1 retrains them; python -m comhe.run verify names the files)", file=out, flush=True)
+    eta = progress_lib.table_eta([(str(runs_root / p.name), p.cfg) for p in todo], jobs,
+                                 reference=[(str(runs_root / p.name), p.cfg) for p in plan.runs
+                                            if states[p.name] == "done"])
     if todo:
         print("ETA at the measured rates of these runs: " + (f"{progress_lib.duration(eta)} with {jobs} worker(s)"
               if eta is not None else "unknown (no run of this plan has a measured rate yet)"), file=out, flush=True)
+    from . import costs
+    from .precheck import check_data_root_exists
+    for text in costs.lines([p.cfg for p in todo], data.task):
+        print(text, file=out, flush=True)
+    for root in dict.fromkeys(p.cfg["data_root"] for p in plan.runs) if not todo else ():
+        try:  # as training would refuse it (train): every run is finished, so nothing reads a mistyped root
+            check_data_root_exists(root)
+        except ValueError as err:
+            print(f"no data root: {err}", file=out, flush=True)
     for message in dict.fromkeys(no_data.values()):
         runs = sum(m == message for m in no_data.values())
         print(f"no data for {runs} run(s): {message}", file=out, flush=True)
     return counts
 
 
-def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=sys.stdout,
-           running: bool = False) -> List[Path]:
+def render(plan: Plan, runs_root: Path, results: Path, figures_dir: Optional[Path], out=None,
+           running: bool = False, incomplete: str = "") -> List[Path]:
     """Tables (csv, md, tex) and figures of every experiment of the plan, from the run records only (``running``:
-    with the runs still training counted at their latest evaluation, marked as such)."""
+    with the runs still training counted at their latest evaluation, marked as such). ``out``: sys.stdout as it is
+    at the call. ``incomplete``: why training stopped early (a stop signal); the tables and figures of experiments
+    with runs not finished say so (``df.attrs`` carries it to ``report`` and ``figures``)."""
     from . import report, selection
+    out = sys.stdout if out is None else out
     paths = []
+    for name, verdict in damaged_runs(plan.runs, runs_root).items():  # one line each, even if in several tables
+        print(f"{damaged_line(Path(runs_root) / name, verdict)}; left out of the tables, figures and claims "
+              "(RETRAIN_DAMAGED=1 retrains it)", file=out, flush=True)
     for exp in plan.experiments:
         df = report.collect(exp, plan.cells[exp.name], runs_root, running=running)
+        if incomplete and any(status(runs_root, c.name) != "done" for c in plan.cells[exp.name]):
+            df.attrs["incomplete"] = incomplete
         extra = (selection.sweep_lines(exp, df) if exp.select else []) + \
             (selection.table_lines(exp, plan.cells[exp.name], runs_root) if exp.selected_by else [])
         paths += report.write(exp, df, results, extra)

@@ -1,6 +1,7 @@
 """The scorecard: every claim of every table and figure, checked on our runs, on one page.
 
-    make report        # -> results/SCORECARD.md and figures/scorecard.{png,pdf} (also make smoke, make tables ...)
+    make report        # -> results/SCORECARD.md and figures/scorecard.{png,pdf} (also make tables ...)
+    make smoke         # -> results/smoke/SCORECARD.md and results/smoke/figures/ (never over the real ones)
 
 One line per claim (``claims:`` of each experiment file): its verdict, n per side, the smallest and largest p of
 its comparisons, the profile, the overrides, and the command that made it. Verdicts are ``claims.py``'s
@@ -72,7 +73,13 @@ def counts(found: Sequence[Entry]) -> dict:
     return {v: sum(e.verdict == v for e in found) for v in VERDICTS}
 
 
-def render_md(found: Sequence[Entry], shas: Sequence[str] = ()) -> str:
+def command(experiments: Sequence[Experiment]) -> str:
+    """The command that made this scorecard (every table and figure, with the options they were made with)."""
+    from .report import command as table_command
+    return table_command(experiments[0], target="all") if experiments else "python -m comhe.run all"
+
+
+def render_md(found: Sequence[Entry], shas: Sequence[str] = (), made_by: str = "python -m comhe.run all") -> str:
     total = counts(found)
     profiles = sorted({e.profile for e in found})
     lines = ["# Scorecard: what of the two papers this suite confirms", "",
@@ -90,8 +97,8 @@ def render_md(found: Sequence[Entry], shas: Sequence[str] = ()) -> str:
     for e in found:
         lines.append(f"| {MARKS[e.verdict]} | {e.experiment} | {e.claim} | {e.verdict} | {e.n_sides} | "
                      f"{e.p_range} | `{e.command}` |")
-    lines += ["", f"Code: {', '.join(shas) or 'n/a'}. Generated from the run records by `make report` "
-              "(`python -m comhe.run all --collect-only`); do not edit. Each table's own page "
+    lines += ["", f"Code: {', '.join(shas) or 'n/a'}. Generated from the run records by `{made_by}` (with "
+              "`--collect-only` it trains nothing); do not edit. Each table's own page "
               "(`results/<name>.md`) lists the comparisons behind every verdict.", ""]
     return "\n".join(lines)
 
@@ -100,7 +107,8 @@ COLOURS = {claims_lib.HELD: "#2a9d48", claims_lib.NOT_HELD: "#d1495b", claims_li
            NOT_RUN: "#9aa0a6"}
 
 
-def render_figure(found: Sequence[Entry], out: Path, shas: Sequence[str] = ()) -> List[Path]:
+def render_figure(found: Sequence[Entry], out: Path, shas: Sequence[str] = (),
+                  made_by: str = "python -m comhe.run all") -> List[Path]:
     """One row per claim, a coloured box by verdict; experiments separated; PNG and PDF (atomic)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -122,8 +130,8 @@ def render_figure(found: Sequence[Entry], out: Path, shas: Sequence[str] = ()) -
                  fontsize=9, loc="left")
     ax.legend(handles=[Patch(color=COLOURS[v], label=f"{v} ({total[v]})") for v in VERDICTS], loc="lower center",
               bbox_to_anchor=(0.5, 1.0 + 0.35 / height), ncol=4, fontsize=7, frameon=False)
-    fig.text(0.01, 0.002, f"make report (python -m comhe.run all --collect-only --profile {profiles}) from the run "
-             f"records; n per side: finished runs; code {', '.join(s[:12] for s in shas) or 'n/a'}", fontsize=6,
+    code = ", ".join(s[:12] for s in shas) or "n/a"
+    fig.text(0.01, 0.002, f"{made_by} from the run records; n per side: finished runs; code {code}", fontsize=6,
              color="0.35")
     from .figures import _save
     return _save(fig, out)  # no experiment: no footer stamp (the line above is the scorecard's own)
@@ -132,15 +140,15 @@ def render_figure(found: Sequence[Entry], out: Path, shas: Sequence[str] = ()) -
 def write(experiments: Sequence[Experiment], cells, runs_root: Path, results: Path,
           figures_dir: Optional[Path]) -> List[Path]:
     """``<results>/SCORECARD.md`` and, unless ``figures_dir`` is None, ``<figures>/scorecard.{png,pdf}``."""
-    from ..train.records import RunDir
+    from . import report
     found = collect(experiments, cells, runs_root)
-    shas = sorted({str((RunDir(Path(runs_root) / c.name).read_meta() or {}).get("git_sha"))
-                   for exp in experiments for c in cells[exp.name]
-                   if (Path(runs_root) / c.name / "meta.json").exists()})
+    shas = sorted({str(sha) for exp in experiments for c in cells[exp.name]
+                   for sha in [report.record_sha(Path(runs_root) / c.name)] if sha is not None})
     Path(results).mkdir(parents=True, exist_ok=True)
     path = Path(results) / "SCORECARD.md"
-    atomic_write(path, render_md(found, shas))
+    made_by = command(experiments)
+    atomic_write(path, render_md(found, shas, made_by))
     paths = [path]
     if figures_dir is not None:
-        paths += render_figure(found, Path(figures_dir) / "scorecard", shas)
+        paths += render_figure(found, Path(figures_dir) / "scorecard", shas, made_by)
     return paths

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
@@ -31,6 +31,13 @@ class Choice:
     test_mean: Optional[float] = None    # the same runs' column metric (test), shown, never used to choose
 
 
+def _select(exp: Experiment) -> Dict[str, Any]:
+    """The sweep's ``select:`` block; only sweeps (experiments with one) are chosen from."""
+    if exp.select is None:
+        raise ValueError(f"{exp.name} has no select: block, so it is not a sweep")
+    return exp.select
+
+
 def _stats(values: pd.Series):
     values = values.dropna().astype(float)
     n = len(values)
@@ -39,7 +46,7 @@ def _stats(values: pd.Series):
 
 def choose(exp: Experiment, df: pd.DataFrame) -> Dict[str, Choice]:
     """Per trained row (not flat), the column whose finished runs have the best mean of ``exp.select["metric"]``."""
-    metric = exp.select["metric"]
+    metric = _select(exp)["metric"]
     sign = 1.0 if METRICS[metric].higher_is_better else -1.0
     done = df[df["status"] == "done"] if len(df) else df
     out: Dict[str, Choice] = {}
@@ -60,7 +67,7 @@ def choose(exp: Experiment, df: pd.DataFrame) -> Dict[str, Choice]:
 
 
 def sweep_lines(exp: Experiment, df: pd.DataFrame) -> List[str]:
-    metric = exp.select["metric"]
+    metric = _select(exp)["metric"]
     label = METRICS[metric].label
     choices = choose(exp, df)
     head = f"Selected per method on the {label} (best mean over seeds; ties to the first column), never on test:"
@@ -78,11 +85,13 @@ def sweep_lines(exp: Experiment, df: pd.DataFrame) -> List[str]:
 def table_lines(exp: Experiment, cells: Sequence[CellRun], runs_root: Path) -> List[str]:
     """Whether each row of ``exp`` uses the settings its sweep (``exp.selected_by``) selects from its run records."""
     from . import experiments, report
+    if exp.selected_by is None:
+        raise ValueError(f"{exp.name} has no selected_by: no sweep chooses its settings")
     sweep = experiments.load(exp.selected_by, exp.profile)
     sweep_cells = experiments.plan(sweep)
     choices = choose(sweep, report.collect(sweep, sweep_cells, runs_root))
     head = (f"Settings of the regularised rows: chosen by `{sweep.name}` ({sweep.title}) on the "
-            f"{METRICS[sweep.select['metric']].label}, never on test:")
+            f"{METRICS[_select(sweep)['metric']].label}, never on test:")
     lines = [head]
     for row in exp.rows:
         mine = [c for c in cells if c.row == row.name]

@@ -4,8 +4,12 @@
 module              what
 ==================  ==============================================================================
 ``config.py``       every run key with its default and unit; typed ``key=value`` overrides
+``inputs.py``       untrusted text read within bounds (UTF-8, size, depth, no YAML aliases), numbers in range; no torch
+``io_errors.py``    a full or failing disk: the one-line message (exit 2; the run resumes)
+``signatures.py``   the registries' option names read from their source, so that config checks need no torch
 ``setup.py``        device, data, model, regulariser, optimiser, step: all that can fail, before training
 ``engine.py``       the resumable loop (evaluation, divergence, stop signals, checkpoints)
+``interrupt.py``    stop signals: the first Ctrl-C / SIGTERM winds down, a second Ctrl-C stops at once
 ``steps.py``        one training step: eager or captured in CUDA graphs
 ``losses.py``       the official loss and cross-entropy
 ``checkpoint.py``   atomic, checksummed checkpoints

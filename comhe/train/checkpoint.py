@@ -30,7 +30,8 @@ def _manifest(directory: Path) -> List[Dict[str, Any]]:
         entries = json.loads(path.read_text())
         return entries if isinstance(entries, list) else []
     except (json.JSONDecodeError, OSError):
-        warnings.warn(f"{path} is unreadable; looking for checkpoints without it")
+        # stacklevel 3: reported at the trainer's call of save / load_latest, past this helper
+        warnings.warn(f"{path} is unreadable; looking for checkpoints without it", stacklevel=3)
         return []
 
 
@@ -53,23 +54,26 @@ def save(directory: Path, iteration: int, state: Dict[str, Any], keep: int = 2) 
 
 
 def load_latest(directory: Path, map_location: Any = "cpu") -> Optional[Dict[str, Any]]:
-    """The newest intact checkpoint's state, or ``None`` (with a warning for every damaged one skipped)."""
+    """The newest intact checkpoint's state, or ``None`` (with a warning for every damaged one skipped, reported at
+    the caller's line: the trainer that resumes)."""
     directory = Path(directory)
     for entry in reversed(_manifest(directory)):
         path = directory / entry["file"]
         try:
             payload = path.read_bytes()
         except OSError:
-            warnings.warn(f"checkpoint {path} is missing; falling back to an earlier one")
+            warnings.warn(f"checkpoint {path} is missing; falling back to an earlier one", stacklevel=2)
             continue
         if hashlib.sha256(payload).hexdigest() != entry["sha256"]:
-            warnings.warn(f"checkpoint {path} is corrupted (checksum mismatch); falling back to an earlier one")
+            warnings.warn(f"checkpoint {path} is corrupted (checksum mismatch); falling back to an earlier one",
+                          stacklevel=2)
             continue
         try:
             return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
         except Exception as err:  # a file with the right hash that does not load: written by an incompatible torch
-            warnings.warn(f"checkpoint {path} does not load ({err.__class__.__name__}: {err}); falling back")
+            warnings.warn(f"checkpoint {path} does not load ({err.__class__.__name__}: {err}); falling back",
+                          stacklevel=2)
     if any(directory.glob("ckpt-*.pt")) and not _manifest(directory):
         warnings.warn(f"checkpoints in {directory} have no manifest (killed before the first was recorded); "
-                      "restarting the run")
+                      "restarting the run", stacklevel=2)
     return None

@@ -3,16 +3,19 @@
 A run config is a YAML mapping merged onto ``DEFAULTS``. Overrides (``python -m comhe.train cfg.yaml lr=0.05
 reg.proj_dim=30``) are parsed as YAML scalars and must match the type of the default they replace; an unknown key
 fails with the closest valid keys. ``reg.*``, ``model_options.*`` and ``data.*`` are checked against the options the
-chosen regulariser, model and dataset accept. YAML is only ever read with ``yaml.safe_load``.
+chosen regulariser, model and dataset accept. YAML is only ever read with ``inputs.BoundedLoader`` (``yaml.SafeLoader``
+without aliases, its depth bounded); numbers are checked finite and in range before any registry (torch) is imported.
 """
 from __future__ import annotations
 
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
+
+from . import inputs, signatures
 
 DEFAULTS: Dict[str, Any] = {
     # --- what is trained
@@ -60,8 +63,10 @@ DEFAULTS: Dict[str, Any] = {
     "amp": "auto",              # auto: bf16 autocast on CUDA (BN and the regulariser stay fp32); off; bf16
     "channels_last": "auto",    # auto: on for CUDA
     "compile": False,           # torch.compile the model and the regulariser's energy (first steps pay the compile)
-    "cuda_graph": False,        # capture the whole step (optimiser included) in CUDA graphs (steps.py)
-    "workers": 8,               # DataLoader workers per process (ImageNet only; CIFAR lives on the device)
+    "cuda_graph": "auto",       # capture the step (optimiser included) in CUDA graphs; auto: on single-process CUDA
+                                # runs, self-checked against the eager step first (steps.py; false: eager)
+    "workers": "auto",          # DataLoader workers per process (ImageNet only; CIFAR lives on the device); auto: the
+                                # cores over the runs at once, less one per run (data.loader_workers)
     "threads": 0,               # CPU threads for torch (0: auto, train/cpu.py: 1 for a graph run, else torch's default)
     "flush_subnormals": True,   # flush subnormal floats to zero on the CPU (x86 computes them tens of times
                                 # slower; train/cpu.py, docs/speed.md); false keeps them, PyTorch's default
@@ -82,7 +87,7 @@ IMAGE_ONLY = ("batch_size", "momentum", "nesterov", "wd_exclude_bn", "augment", 
               "warmup_iterations")
 
 CHOICES = {"loss": ("official", "cross_entropy"), "amp": ("auto", "off", "bf16"),
-           "channels_last": ("auto", True, False)}
+           "channels_last": ("auto", True, False), "cuda_graph": ("auto", True, False)}
 OPEN_SECTIONS = ("data", "model_options", "reg")  # dict-valued: keys depend on the chosen dataset/model/regulariser
 
 
@@ -134,6 +139,7 @@ def _check_buildable(cfg: Mapping[str, Any]) -> None:
     import torch
     from .. import data, models, regularizers
     from ..layers import find_layers
+    from .cpu import one_thread
     num_classes = data.declared_num_classes(cfg["dataset"], cfg["data"])
     model_key = repr((cfg["model"], sorted(cfg["model_options"].items()), num_classes))
     key = model_key + repr((cfg["regularizer"], sorted(cfg["reg"].items()), cfg["monitor_exclude"]))
@@ -141,7 +147,8 @@ def _check_buildable(cfg: Mapping[str, Any]) -> None:
         return
     what = f"model {cfg['model']!r}"
     try:  # fork_rng: the weight init draws must not move the caller's global RNG (a config read after seeding)
-        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        # one_thread: no intra-op threads before the run sets its subnormal mode (train/cpu.py)
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"), one_thread():
             if model_key not in _CHECK_MODELS:  # regularisers only read the model: one build serves them all
                 _CHECK_MODELS[model_key] = models.build(cfg["model"], num_classes, **cfg["model_options"])
             what = f"regularizer {cfg['regularizer']!r}"
@@ -180,7 +187,7 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any], where: str = "") -
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}{where} must be a mapping, got {value!r}")
             out[key] = {**out.get(key, {}), **value}
-        elif key in CHOICES:  # e.g. channels_last: auto / true / false: checked against its choices in validate
+        elif key in CHOICES or key == "workers":  # e.g. channels_last: auto / true / false: checked in validate
             out[key] = value
         else:
             if not _type_ok(value, DEFAULTS[key]):
@@ -193,10 +200,10 @@ def parse_override(text: str) -> tuple:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (e.g. lr=0.05 or reg.proj_dim=30)")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {key}: cannot parse {raw!r} ({err.__class__.__name__})") from None
+    try:  # the bounded loader: no aliases, bounded depth (inputs.py)
+        value = inputs.parse_yaml(raw, "value", ValueError) if raw.strip() else ""
+    except ValueError as err:
+        raise ConfigError(f"override {key}: cannot parse {raw!r} ({err})") from None
     return key.strip(), value
 
 
@@ -216,8 +223,12 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> Dict[st
     return out
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Range checks and the open sections' keys and types. Raises ``ConfigError`` with one clear line."""
+def validate(cfg: Mapping[str, Any], registries: bool = True) -> None:
+    """Range checks and the open sections' keys and types. Raises ``ConfigError`` with one clear line.
+
+    ``registries=False``: only the checks that need no registry (so no torch): the command lines run them on every
+    cell first, so that a bad value is reported in a fraction of a second, not after torch's import."""
+    inputs.check_values(cfg, ConfigError)  # first, and without torch: finite numbers, seeds, class counts
     def positive(key: str, allow_zero: bool = False) -> None:
         value = cfg[key]
         if value < 0 or (value == 0 and not allow_zero):
@@ -225,8 +236,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
     for key in ("iterations", "lr", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every"):
         positive(key)
-    for key in ("weight_decay", "momentum", "label_smoothing", "workers", "threads", "early_stopping"):
+    for key in ("weight_decay", "momentum", "label_smoothing", "threads", "early_stopping"):
         positive(key, allow_zero=True)
+    if cfg["workers"] != "auto" and (type(cfg["workers"]) is not int or cfg["workers"] < 0):
+        raise ConfigError(f"workers must be auto or an integer >= 0, got {cfg['workers']!r}")
     if not 0 < cfg["lr_decay"] <= 1:
         raise ConfigError(f"lr_decay must be in (0, 1], got {cfg['lr_decay']}")
     if list(cfg["milestones"]) != sorted(cfg["milestones"]) or any(m <= 0 for m in cfg["milestones"]):
@@ -234,6 +247,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key, choices in CHOICES.items():  # by value and type: 1 is not True
         if not any(cfg[key] == c and type(cfg[key]) is type(c) for c in choices):
             raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {cfg[key]!r}")
+    misspelt = signatures.problem(cfg)  # option and registry names, read from the source: no torch yet
+    if misspelt:
+        raise ConfigError(misspelt)
+    if not registries:  # what follows reads the registries (models, regularisers, datasets, optimisers): torch
+        return
     from . import optim
     try:
         optim.check(cfg)
@@ -257,7 +275,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
             else:
                 default = valid[key]
                 if default is None and value is not None:  # "decided from other options": check the annotation
-                    default = _SAMPLE.get(section_types(cfg, section).get(key))
+                    annotated = section_types(cfg, section).get(key)
+                    default = None if annotated is None else _SAMPLE.get(annotated)
                 if not _type_ok(value, default):
                     raise ConfigError(f"{section}.{key} must be {type(default).__name__}, got {value!r}")
     _check_task_keys(cfg)
@@ -280,22 +299,13 @@ def _check_task_keys(cfg: Mapping[str, Any]) -> None:
 _SECTION_OWNER = {"reg": "regularizer", "model_options": "model", "data": "dataset"}
 
 
-def yaml_error(path: Path, err: yaml.YAMLError) -> str:
-    """One line: the file, the line and column, and what the parser expected."""
-    mark = getattr(err, "problem_mark", None)
-    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return f"{path}:{where} is not valid YAML ({getattr(err, 'problem', None) or err})"
+yaml_error = inputs.yaml_error  # one line: the file, the line and column, and what the parser expected
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     """DEFAULTS <- the YAML file <- overrides, validated and normalized."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(yaml_error(path, err)) from None
+    raw = inputs.read_yaml(path, ConfigError, "config file") or {}  # UTF-8, bounded size and depth, no aliases
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     cfg = apply_overrides(merge(DEFAULTS, raw, f" in {path}"), overrides)
@@ -303,7 +313,7 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Dict[str, Any]:
     return normalize(cfg)
 
 
-def resolve(overrides: Iterable[str] = (), base: Mapping[str, Any] = None) -> Dict[str, Any]:
+def resolve(overrides: Iterable[str] = (), base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """DEFAULTS (or ``base``) <- overrides, validated and normalized (for code and tests without a YAML file)."""
     cfg = apply_overrides(merge(DEFAULTS, base or {}), overrides)
     validate(cfg)
@@ -325,14 +335,3 @@ def normalize(cfg: Mapping[str, Any]) -> Dict[str, Any]:
 
 def dump(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False)
-
-
-def as_overrides(cfg: Mapping[str, Any]) -> List[str]:
-    """The differences from DEFAULTS as ``key=value`` strings (for readable run names and commands)."""
-    out = []
-    for key, value in cfg.items():
-        if key in OPEN_SECTIONS:
-            out += [f"{key}.{k}={v}" for k, v in value.items()]
-        elif value != DEFAULTS.get(key):
-            out.append(f"{key}={value}")
-    return out

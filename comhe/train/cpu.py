@@ -12,15 +12,16 @@ created (at the process's first parallel op): ``configure`` runs before the run'
 
 Threads (``threads``, default 0 = auto). A full-batch GCN on a citation graph is too small to gain from a second
 thread and, on a shared machine, loses many times over to it (OpenMP threads wait for a busy core: the same Cora
-runs took 102-138 s each on 2 threads, 7-9 s on 1, back to back at load ~12; BENCHMARKS.md §8): graph runs take 1
+runs took 128 s median on 2 threads, 9.2 s on 1, back to back at load ~12; BENCHMARKS.md §8): graph runs take 1
 thread. Image and point-cloud runs keep torch's default, one per core (CNN-9 at 1/8 width: 1.8x faster on 2 quiet
 cores than on 1). ``OMP_NUM_THREADS``, where set, is followed by every run; ``threads=N`` sets N for any run.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import torch
 
@@ -34,6 +35,19 @@ def default_threads(graph: bool) -> int:
     if _DEFAULT_THREADS is None:
         _DEFAULT_THREADS = torch.get_num_threads()
     return 1 if graph and not os.environ.get("OMP_NUM_THREADS") else _DEFAULT_THREADS
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a block on the calling thread alone. torch creates its intra-op threads at the process's first parallel op,
+    and each copies the subnormal setting of that moment: work done before a run is prepared (``config`` builds every
+    model once to check its options) must not create them, or the run's setting would reach the main thread only."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def subnormal_state() -> str:

@@ -3,7 +3,7 @@
 ``torchrun --standalone --nproc_per_node=N -m comhe.train cfg.yaml`` sets RANK / WORLD_SIZE / LOCAL_RANK; the
 process group uses NCCL on CUDA and gloo on the CPU. Each rank trains on its shard of every batch (global batch
 ``batch_size``); gradients are averaged by DDP; BN statistics are synchronised on CUDA (SyncBatchNorm; it is CUDA-only,
-so CPU multi-process runs keep per-rank BN statistics, documented in the README). The regulariser acts on the
+so CPU multi-process runs keep per-rank BN statistics, documented in docs/reproducing.md). The regulariser acts on the
 unwrapped model, identically on every rank: its random projections come from a generator seeded with the run's seed,
 so all ranks draw the same matrices (otherwise the averaged gradient would mix different projections). Only rank 0
 writes records and checkpoints; every rank reads the checkpoint to resume from, so the run directory must be on a
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,7 @@ def init(device_type: str) -> DistContext:
         return DistContext()
     ctx = DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if device_type == "cuda":  # else every rank's NCCL collectives outside DDP (barrier, broadcast) use GPU 0
-        torch.cuda.set_device(ctx.local_rank)
+        torch.cuda.set_device(ctx.local_rank)  # pragma: cuda
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return ctx
@@ -74,7 +75,7 @@ def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
     Without SyncBatchNorm (CPU) every other rank holds its own update of them after a step."""
     if not ctx.enabled:
         return
-    by_dtype = {}
+    by_dtype: Dict[Tuple[torch.dtype, torch.device], List[torch.Tensor]] = {}
     for buffer in module.buffers():
         by_dtype.setdefault((buffer.dtype, buffer.device), []).append(buffer)
     for buffers in by_dtype.values():
@@ -96,15 +97,6 @@ def ddp_options(device: torch.device) -> dict:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
-
-
-def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's ``obj`` on every rank (e.g. the checkpoint state to resume from)."""
-    if not ctx.enabled:
-        return obj
-    box = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def shutdown(ctx: DistContext) -> None:

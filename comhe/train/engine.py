@@ -17,7 +17,6 @@ recorded as diverged with the first non-finite iteration (``final.json``: ``dive
 from __future__ import annotations
 
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -29,6 +28,7 @@ from .progress import ProgressRecord
 from ..energy import layer_energies
 from ..layers import find_layers
 from .optim import lr_at  # noqa: F401  (engine.lr_at: also this module's public name)
+from .interrupt import STOP, STOP_SIGNALS, StopNow, StopState  # noqa: F401  (engine.STOP_SIGNALS: the launchers')
 from .records import RunDir, RunLocked, environment
 from .seeding import rng_state, set_rng_state
 from .setup import Setup, prepare  # noqa: F401  (engine.prepare is the public name)
@@ -61,9 +61,15 @@ def _to_device(x, y, s: Setup):
 to_device = _to_device  # public: benchmarks time batches laid out as the loop feeds them
 
 
+def next_batch_on_device(s: Setup) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The loader's next training batch, laid out on the device as the loop feeds it (benchmarks, doctor)."""
+    x, y = s.loader.next_batch()
+    return _to_device(x, y, s)
+
+
 def _state(s: Setup, iteration: int, window: Dict[str, torch.Tensor], best: Dict[str, float], elapsed: float):
     return {"iteration": iteration, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-            "regularizer": s.reg.state_dict(), "loader": s.loader.state_dict(), "rng": rng_state(),
+            "regularizer": s.reg.state_dict(), "loader": s.loader.state_dict(), "rng": rng_state(s.device),
             "window": {k: v.detach().cpu() for k, v in window.items()}, "best": dict(best), "elapsed": elapsed}
 
 
@@ -72,7 +78,7 @@ def _restore(s: Setup, state: Dict[str, Any]):
     s.optimizer.load_state_dict(state["optimizer"])
     s.reg.load_state_dict(state["regularizer"])
     s.loader.load_state_dict(state["loader"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], s.device)
     window = {k: v.to(s.device) for k, v in state["window"].items()}
     if s.ctx.enabled:  # a _global_window: rank 0 carries it, scaled back to the per-rank sums it is divided from
         window = {k: v * s.ctx.world_size if k in PER_STEP else v for k, v in window.items()} if s.ctx.is_main \
@@ -100,7 +106,7 @@ def _global_window(window: Dict[str, torch.Tensor], ctx: distributed.DistContext
 CHECK_EVERY = 20  # iterations between host checks for a non-finite loss and, under DDP, agreements on a stop
 
 
-def _agree(stop: "_StopRequest", nonfinite: torch.Tensor, s: Setup) -> Tuple[bool, int]:
+def _agree(stop: StopState, nonfinite: torch.Tensor, s: Setup) -> Tuple[bool, int]:
     """(stop now, non-finite steps since the last check), the same on every rank: one host sync (and under DDP one
     all-reduce, MAX). A stop signal may reach one rank only, or the ranks at different iterations; they must decide
     together, else the others would wait in the next step's all-reduce forever. The flag goes to the device as a
@@ -143,34 +149,10 @@ def metrics_row(s: Setup, iteration: int, window: Dict[str, torch.Tensor], test_
     return row
 
 
-# Signals that ask the loop to checkpoint and exit; the relaunch resumes. SIGTERM: kill, scancel, SLURM preemption,
-# torchrun stopping its workers, a dead runner's workers (PR_SET_PDEATHSIG); SIGUSR1: a common `sbatch --signal`;
-# SIGUSR2: submitit's preemption / time-out signal (`--signal=USR2@90`), which comhe.suite.launchers re-raises to
-# submitit once the checkpoint is written, so that submitit requeues the job.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-
-
-class _StopRequest:
-    """Any of ``STOP_SIGNALS`` asks the loop to checkpoint and exit (``Preempted``); the relaunch resumes."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in STOP_SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+def _StopRequest():
+    """The process's stop state (``interrupt.STOP``) handling ``STOP_SIGNALS`` while a run trains: a first signal asks
+    the loop to checkpoint and exit (``Preempted``; the relaunch resumes), a second Ctrl-C stops at once."""
+    return STOP.handling("the run in progress checkpoints and stops")
 
 
 class Preempted(RuntimeError):
@@ -182,8 +164,10 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[Setup] = Non
     """Train (or resume, or skip) the run in ``run_dir``. Returns ``final.json``'s content."""
     run = RunDir(run_dir)
     if run.status() == "done":
-        return run.read_final()
+        return run.read_done()
     s = setup or prepare(cfg)
+    if STOP.requested and not s.ctx.enabled:  # signalled while the data and model were prepared: write nothing
+        raise Preempted(f"stopped by {STOP.signal_name()} before {run.path.name} started training")
     main = s.ctx.is_main
     held_by_other = None
     if main:
@@ -203,7 +187,7 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[Setup] = Non
 def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     cfg = s.cfg
     if run.status() == "done":  # finished by another process while we waited for the data
-        return run.read_final()
+        return run.read_done()
     if main:
         run.remove_temp_files()  # left by a process killed inside a write; we hold the lock, nobody owns them
         run.write_config(cfg)
@@ -215,7 +199,7 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     if main:
         run.truncate_metrics(iteration)
         meta = {**environment(s.device), "seed": cfg["seed"], "world_size": s.ctx.world_size,
-                "resumed_from": iteration}
+                "resumed_from": iteration, **getattr(s.step, "meta", {})}  # step_mode, self-check, why it fell back
         run.write_meta({**run.read_meta(), **meta})
     start, start_iteration = time.perf_counter(), iteration
     # What a runner on another host sees (progress.py) and the optional TensorBoard log (tracking.py): rank 0 only.
@@ -236,7 +220,7 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
         row = metrics_row(s, it, window, evaluate(s), clock())
         if row["test_error"] < best["test_error"]:
             best.update(test_error=row["test_error"], iteration=it)
-        if main:
+        if live is not None:  # rank 0
             run.append_metrics(row)
             live.update(it, row, force=True)
             if tracker is not None:
@@ -253,7 +237,8 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
     nonfinite = torch.zeros((), device=s.device)
     with _StopRequest() as stop:
         while iteration < cfg["iterations"]:
-            x, y = _to_device(*s.loader.next_batch(), s)
+            x, y = s.loader.next_batch()
+            x, y = _to_device(x, y, s)
             if s.bn_momentum is not None:
                 s.bn_momentum(iteration)
             loss, correct, reg_loss = s.step(x, y, lr_at(cfg, iteration))
@@ -299,8 +284,8 @@ def _train_locked(s: Setup, run: RunDir, main: bool, report) -> Dict[str, Any]:
 def _finish(s: Setup, run: RunDir, main: bool, iteration: int, best: Dict[str, float], seconds: float,
             diverged: bool, last_row: Optional[Dict[str, Any]], images_per_s: float = float("nan"),
             diverged_at: Optional[int] = None) -> Dict[str, Any]:
-    if last_row is None and not diverged:
-        rows = run.read_metrics()
+    if last_row is None:
+        rows = run.read_metrics() if not diverged else []
         last_row = {k: float(v) for k, v in rows[-1].items()} if rows else {}
     final = {
         "status": "diverged" if diverged else "finished",

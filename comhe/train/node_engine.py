@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,10 @@ from torch import nn
 from .. import data, models, regularizers
 from . import checkpoint, cpu, distributed
 from .engine import Preempted, _StopRequest, energy_rollup, lr_at  # noqa: F401  (Preempted: a stop signal's too)
+from .config import IMAGE_ONLY
+from .interrupt import STOP
 from .losses import LOSSES
+from .progress import ProgressRecord
 from .records import RunDir, environment
 from .seeding import rng_state, seed_everything, set_rng_state
 from .setup import resolve_device
@@ -156,8 +159,26 @@ def _state(s: NodeSetup, epoch: int, history: List[float], best: Dict[str, float
            finished: Optional[bool] = None):
     """``finished``: None while training; the final checkpoint records whether the run stopped early."""
     return {"iteration": epoch, "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-            "regularizer": s.reg.state_dict(), "rng": rng_state(), "history": list(history), "best": dict(best),
+            "regularizer": s.reg.state_dict(), "rng": rng_state(s.device), "history": list(history), "best": dict(best),
             "elapsed": elapsed, "finished": finished}
+
+
+# Run-config keys this engine never reads: the minibatch image loop's (``config.IMAGE_ONLY``: SGD, momentum, batch
+# size, augmentation, ...), AMP and channels-last (float32 on the whole graph), DataLoader workers, the evaluation
+# batch, the BN momentum schedule and TensorBoard. They are left out of the run's config.yaml, which records what
+# the run used; the run's name (its hash) still comes from the full config, so no run is renamed.
+NOT_READ = IMAGE_ONLY + ("eval_batch_size", "workers", "amp", "channels_last", "bn_momentum_start",
+                         "bn_momentum_decay", "bn_momentum_min", "tensorboard")
+
+
+def recorded_config(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """The keys of ``cfg`` a node run uses; ``milestones`` and ``lr_decay`` only where a milestone falls within its
+    epochs (else the learning rate is ``lr`` throughout: Adam at a constant rate, as tkipf/gcn)."""
+    out = {k: v for k, v in cfg.items() if k not in NOT_READ}
+    if not any(m < cfg["iterations"] for m in cfg["milestones"]):
+        out.pop("milestones", None)
+        out.pop("lr_decay", None)
+    return out
 
 
 def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[NodeSetup] = None,
@@ -165,12 +186,14 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[NodeSetup] =
     """Train (or resume, or skip) the node run in ``run_dir``. Returns ``final.json``'s content."""
     run = RunDir(run_dir)
     if run.status() == "done":
-        return run.read_final()
+        return run.read_done()
     s = setup or prepare(cfg)
+    if STOP.requested:  # signalled while the graph and model were prepared: write nothing
+        raise Preempted(f"stopped by {STOP.signal_name()} before {run.path.name} started training")
     run.lock()  # raises RunLocked when another process trains it
     try:
         if run.status() == "done":  # finished by another process while we loaded the graph
-            return run.read_final()
+            return run.read_done()
         return _train_locked(s, run, report)
     finally:
         run.unlock()
@@ -179,20 +202,25 @@ def train(cfg: Dict[str, Any], run_dir: str | Path, setup: Optional[NodeSetup] =
 def _train_locked(s: NodeSetup, run: RunDir, report) -> Dict[str, Any]:
     cfg = s.cfg
     run.remove_temp_files()
-    run.write_config(cfg)
+    run.write_config(recorded_config(cfg))
     state = checkpoint.load_latest(run.checkpoint_dir, map_location=s.device) if run.checkpoint_dir.exists() else None
     epoch, history, best, elapsed = 0, [], {"test_acc": -math.inf, "iteration": -1}, 0.0
     if state is not None:
         s.model.load_state_dict(state["model"])
         s.optimizer.load_state_dict(state["optimizer"])
         s.reg.load_state_dict(state["regularizer"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], s.device)
         epoch, history, best, elapsed = state["iteration"], list(state["history"]), dict(state["best"]), \
             float(state["elapsed"])
     run.truncate_metrics(epoch)
     run.write_meta({**run.read_meta(), **environment(s.device), "seed": cfg["seed"], "world_size": 1,
                     "resumed_from": epoch})
     start, start_epoch, pending = time.perf_counter(), epoch, []
+    live = ProgressRecord(run.path, cfg["iterations"], 0, epoch, unit="epoch")  # the runner's progress (progress.py)
+
+    def ended(final: Dict[str, Any]) -> Dict[str, Any]:
+        live.write(final["status"])
+        return final
 
     def clock() -> float:
         return elapsed + time.perf_counter() - start
@@ -207,11 +235,11 @@ def _train_locked(s: NodeSetup, run: RunDir, report) -> Dict[str, Any]:
         pending.clear()
         checkpoint.save(run.checkpoint_dir, at, _state(s, at, history, best, clock()))
 
+    last: Optional[Dict[str, float]] = None
     if state is not None and state.get("finished") is not None:  # killed after the final checkpoint
         rows = run.read_metrics()
         last = {k: float(v) for k, v in rows[-1].items()} if rows else {}
-        return _finish(s, run, epoch, best, elapsed, last, stopped_early=state["finished"])
-    last = None
+        return ended(_finish(s, run, epoch, best, elapsed, last, stopped_early=state["finished"]))
     if epoch == 0 and not run.read_metrics():
         log(metrics_row(s, 0, lr_at(cfg, 0), {}, evaluate(s), clock()))
     with _StopRequest() as stop:
@@ -221,27 +249,30 @@ def _train_locked(s: NodeSetup, run: RunDir, report) -> Dict[str, Any]:
             epoch += 1
             if not math.isfinite(step["train_loss"] + step["reg_loss"]):
                 run.extend_metrics(pending)
-                return _finish(s, run, epoch, best, clock(), None, diverged_at=epoch)
+                return ended(_finish(s, run, epoch, best, clock(), None, diverged_at=epoch))
             ev = evaluate(s)
             history.append(ev["stop_loss"])
             if ev["test_acc"] > best["test_acc"]:
                 best.update(test_acc=ev["test_acc"], iteration=epoch)
             stopping = stop_now(history, cfg["early_stopping"])
             last = {**ev, **step}
-            if epoch % cfg["eval_every"] == 0 or stopping or epoch == cfg["iterations"]:
+            logged = epoch % cfg["eval_every"] == 0 or stopping or epoch == cfg["iterations"]
+            if logged:
                 log(metrics_row(s, epoch, lr, step, ev, clock()))
+            live.update(epoch, pending[-1] if logged else None)  # written every few seconds at most
             if stopping:
                 break
             if epoch % cfg["checkpoint_every"] == 0 or stop.requested:
                 save(epoch)
                 if stop.requested:
+                    live.write("stopped")
                     raise Preempted(f"stopped by a signal at epoch {epoch}; relaunch to resume")
     run.extend_metrics(pending)
     if last is None:  # a checkpoint at the last epoch, then killed: the records of that epoch are on disk
         rows = run.read_metrics()
         last = {k: float(v) for k, v in rows[-1].items()} if rows else {}
-    return _finish(s, run, epoch, best, clock(), last, stopped_early=stop_now(history, cfg["early_stopping"]),
-                   epochs_per_s=(epoch - start_epoch) / max(time.perf_counter() - start, 1e-9))
+    return ended(_finish(s, run, epoch, best, clock(), last, stopped_early=stop_now(history, cfg["early_stopping"]),
+                         epochs_per_s=(epoch - start_epoch) / max(time.perf_counter() - start, 1e-9)))
 
 
 def _finish(s: NodeSetup, run: RunDir, epoch: int, best: Dict[str, float], seconds: float,

@@ -54,7 +54,7 @@ def sgd(groups: List[dict], cfg: Mapping[str, Any], device: torch.device) -> tor
 @OPTIMIZERS.register("adam")
 def adam(groups: List[dict], cfg: Mapping[str, Any], device: torch.device) -> torch.optim.Optimizer:
     options = {"lr": cfg["lr"], "betas": (0.9, 0.999), "eps": 1e-8}
-    if device.type == "cuda" and cfg.get("cuda_graph"):
+    if device.type == "cuda" and cfg.get("cuda_graph") is True:  # setup.prepare passes the mode it chose
         options["capturable"] = True  # the step count lives on the device, so the update can be captured
     return torch.optim.Adam(groups, **_fast_path(options, torch.optim.Adam, device))
 
@@ -137,11 +137,11 @@ def check(cfg: Mapping[str, Any]) -> None:
             raise ValueError(f"{key} must be in (0, 1], got {cfg[key]}")
     if cfg.get("warmup_iterations", 0) < 0:
         raise ValueError(f"warmup_iterations must be >= 0, got {cfg['warmup_iterations']}")
-    if cfg.get("warmup_iterations", 0) and cfg.get("cuda_graph"):
+    if cfg.get("warmup_iterations", 0) and cfg.get("cuda_graph") is True:
         # GraphStep captures one graph per learning rate: a ramp would capture one per warm-up update.
         raise ValueError("cuda_graph: true captures one graph per learning rate and a warm-up changes it every "
                          "update: use warmup_iterations=0 or cuda_graph=false")
-    if cfg["bn_schedule"] != "constant" and cfg.get("cuda_graph"):
+    if cfg["bn_schedule"] != "constant" and cfg.get("cuda_graph") is True:
         # A captured graph bakes in the BN momentum it was captured with; graphs are keyed by the LR only.
         raise ValueError("cuda_graph: true replays one BN momentum per captured learning rate: use "
                          "bn_schedule=constant or cuda_graph=false")

@@ -9,6 +9,7 @@ channel per launcher; ``DRY=1`` reads them too. Nothing here syncs the device or
 Record::
 
     {"iteration": 1500, "iterations": 75000, "iterations_per_s": 21.3, "images_per_s": 2726.4, "eta_s": 3450.0,
+     "unit": "iteration" | "epoch" (a full-batch node run: no images/s),
      "status": "running" | "finished" | "diverged" | "stopped", "updated": <unix time>, "started": <unix time>,
      "host": "node12", "pid": 4242, "latest": {"iteration": 1500, "test_error": 61.2, ...}}
 
@@ -28,15 +29,17 @@ from .records import atomic_write
 
 FILE = "progress.json"
 EVERY_S = 5.0          # at most one write per this many seconds while training
-LATEST_KEYS = ("iteration", "test_error", "hidden_energy", "train_loss", "train_acc", "lr")
+LATEST_KEYS = ("iteration", "test_error", "test_acc", "hidden_energy", "train_loss", "train_acc", "lr")
 
 
 class ProgressRecord:
     """Writes ``progress.json`` for one run from the process that trains it."""
 
     def __init__(self, run_dir: str | Path, iterations: int, batch_size: int, start_iteration: int,
-                 every_s: float = EVERY_S):
+                 every_s: float = EVERY_S, unit: str = "iteration"):
+        """``unit``: what an iteration is, ``"epoch"`` for a full-batch node run (``batch_size`` 0: no images/s)."""
         self.path = Path(run_dir) / FILE
+        self.unit = unit
         self.iterations, self.batch_size, self.every_s = iterations, batch_size, every_s
         self.start_iteration, self.start = start_iteration, time.time()
         self.last_write = float("-inf")
@@ -57,7 +60,8 @@ class ProgressRecord:
         done = self.iteration - self.start_iteration
         rate = done / (now - self.start) if done > 0 and now > self.start else None
         record = {"iteration": self.iteration, "iterations": self.iterations, "iterations_per_s": rate,
-                  "images_per_s": rate * self.batch_size if rate else None,
+                  "images_per_s": rate * self.batch_size if rate and self.batch_size else None,
+                  "unit": self.unit,
                   "eta_s": (self.iterations - self.iteration) / rate if rate else None,
                   "status": status, "updated": now, "started": self.start, "host": socket.gethostname(),
                   "pid": os.getpid(), "latest": self.latest}

@@ -7,13 +7,15 @@ A run directory holds::
                    test_error, hidden_energy, energy/<layer>..., seconds)
     final.json     written once, at the end: status (finished | diverged), final and best test error, ...
     meta.json      git sha, torch / CUDA versions, device, seed, host, command, wall time
+    record.sha256  the seal, written just before final.json: the SHA-256 of the four files above (seal.py)
     checkpoints/   see checkpoint.py
     progress.json  the live progress record, rewritten every few seconds while training (progress.py)
     tensorboard/   TensorBoard event files, with ``tensorboard=true`` only (tracking.py)
     .lock          held (flock) by the process training the run
 
 Every file is written atomically (temporary file + rename), so a reader never sees half a record, and a run killed at
-any point leaves either the old or the new version of each file.
+any point leaves either the old or the new version of each file. A finished run is never written again; its seal
+(``verify``) tells a damaged or edited record from a good one.
 """
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
 from . import config as config_lib
+from . import seal
 
 # How a run is executed or observed, not what it computes: left out of its hash.
 RUN_ID_IGNORES = ("device", "amp", "channels_last", "compile", "cuda_graph", "workers", "threads", "data_root",
@@ -83,7 +86,7 @@ def ensure_writable(folder: Path) -> None:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._lock_file = None
+        self._lock_file: Optional[IO[str]] = None
 
     # --- state
     @property
@@ -164,10 +167,31 @@ class RunDir:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def write_final(self, final: Mapping[str, Any]) -> None:
-        atomic_write(self.final_path, json.dumps(final, indent=2, default=float))
+        """Seal the run: the manifest of its records (``seal.py``), then final.json, each atomically. Call last."""
+        text = json.dumps({**final, seal.SEAL_KEY: seal.MANIFEST}, indent=2, default=float)
+        atomic_write(self.path / seal.MANIFEST, seal.manifest_text(self.path, text.encode()))
+        atomic_write(self.final_path, text)
+
+    def verify(self) -> seal.Verdict:
+        """``sealed`` | ``unverified`` | ``damaged`` (``.problem`` names the file) | ``unfinished``: ``seal.verify``."""
+        return seal.verify(self.path)
 
     def read_final(self) -> Optional[Dict[str, Any]]:
-        return json.loads(self.final_path.read_text()) if self.final_path.exists() else None
+        """final.json as written (the seal's marker left out: a detail of the record, not a result); None if absent.
+        Raises ``ValueError`` for a damaged file: check ``verify()`` first."""
+        if not self.final_path.exists():
+            return None
+        final = json.loads(self.final_path.read_text())
+        if isinstance(final, dict):
+            final.pop(seal.SEAL_KEY, None)
+        return final
+
+    def read_done(self) -> Dict[str, Any]:
+        """A finished run's final.json (``status() == "done"`` said it exists); raises if it vanished since."""
+        final = self.read_final()
+        if final is None:
+            raise FileNotFoundError(f"{self.final_path} vanished after its run was seen finished")
+        return final
 
     def read_metrics(self) -> List[Dict[str, str]]:
         if not self.metrics_path.exists():
@@ -192,7 +216,7 @@ class RunDir:
         if len(kept) != len(rows):
             self._write_metrics(kept)
 
-    def _write_metrics(self, rows: List[Mapping[str, Any]]) -> None:
+    def _write_metrics(self, rows: Sequence[Mapping[str, Any]]) -> None:
         fields: List[str] = []
         for r in rows:
             fields += [k for k in r if k not in fields]
@@ -209,7 +233,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def git_sha(repo: Path = Path(__file__).resolve().parents[2]) -> str:
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout this package runs from
+
+
+def git_sha(repo: Path = REPO_ROOT) -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
@@ -224,7 +251,7 @@ def git_sha(repo: Path = Path(__file__).resolve().parents[2]) -> str:
 def environment(device) -> Dict[str, Any]:
     import torch
 
-    from . import cpu
+    from . import cpu, devices
 
     return {
         "git_sha": git_sha(),
@@ -237,4 +264,5 @@ def environment(device) -> Dict[str, Any]:
         "python": platform.python_version(),
         "command": " ".join(sys.argv),
         **cpu.execution(),  # threads and subnormal floats, measured (train/cpu.py)
+        **devices.describe(device),  # device_line (what the run printed), driver, GPU memory or CPU threads
     }

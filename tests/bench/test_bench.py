@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comhe import regularizers, run
-from comhe.suite import runner
+from comhe.suite import estimate, runner
 from comhe.bench import gpu
 from comhe.bench.regularizers import GOALS, LAYERS, OpCounter, official_style_loss
 from comhe.layers import find_layers
@@ -101,7 +101,7 @@ def test_runner_takes_jobs_and_step_modes_measured_on_this_card(tmp_path, monkey
     assert runner.apply_step_modes(plan, measured["modes"]) == ["cnn9/none: cuda_graph", "cnn9/rp_comhe: compile"]
     assert [r.name for r in plan.runs] == names
     assert {(r.cfg["model"], r.cfg["regularizer"], r.cfg["cuda_graph"], r.cfg["compile"]) for r in plan.runs
-            if r.cfg["cuda_graph"] or r.cfg["compile"]} == {("cnn9", "none", True, False),
+            if r.cfg["cuda_graph"] is True or r.cfg["compile"]} == {("cnn9", "none", True, False),
                                                             ("cnn9", "rp_comhe", False, True)}
     # an older best_jobs.json (one mode per model) was measured on the baseline and RP-CoMHE only
     old = runner.make_plan(["table1"], "paper")
@@ -113,12 +113,13 @@ def test_runner_takes_jobs_and_step_modes_measured_on_this_card(tmp_path, monkey
         jobs=jobs, modes={r.cfg["model"]: r.cfg["cuda_graph"] for r in plan.runs if r.cfg["regularizer"] == "none"})
         or {})
     monkeypatch.setattr(runner, "render", lambda *a, **k: None)
+    monkeypatch.setattr(estimate, "start_lines", lambda *a, **k: [])  # no card here to describe
     args = ["table2", "--results", str(tmp_path / "results"), "--no-figures"]
     assert run.main(args) == 0 and seen == {"jobs": 6, "modes": {"cnn9": True}}
     assert run.main(args + ["cuda_graph=false"]) == 0 and seen == {"jobs": 6, "modes": {"cnn9": False}}
     assert run.main(args + ["--nproc", "2"]) == 0 and seen == {"jobs": 1, "modes": {"cnn9": False}}  # DDP: no graphs
     (bench / "best_jobs.json").write_text(json.dumps({**measured, "device": "NVIDIA A100-SXM4-40GB"}))
-    assert run.main(args) == 0 and seen == {"jobs": 4, "modes": {"cnn9": False}}
+    assert run.main(args) == 0 and seen == {"jobs": 4, "modes": {"cnn9": "auto"}}  # not measured: the run decides
 
 
 def test_gcn_bench_plumbing(tmp_path):

@@ -200,7 +200,7 @@ def test_a_symlink_member_is_refused(tmp_path):
 
 def test_without_h5py_one_line_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)      # `import h5py` now raises ImportError
-    with pytest.raises(DatasetUnavailable, match=r"needs h5py: pip install 'comhe\[points\]'"):
+    with pytest.raises(DatasetUnavailable, match=r"needs h5py: pip install -e '\.\[points\]'"):
         data.build("modelnet40", root=tmp_path)
 
 

@@ -331,4 +331,5 @@ def test_the_package_unpickles_only_through_the_restricted_unpickler():
                 subclasses.append((path.name, node.name, {"find_class", "persistent_load"} <= methods))
     assert subclasses == [("pickles.py", "RestrictedUnpickler", True)]
     assert all(module.split(".")[0] in ("scipy", "numpy", "collections", "__builtin__", "builtins")
-               for module, _ in pickles.ALLOWED)
+               for module, _ in pickles.ALLOWED if (module, _) != ("_codecs", "encode"))  # latin-1 text -> bytes
+    assert pickles.ALLOWED[("_codecs", "encode")]("\xff", "latin1") == b"\xff"

@@ -88,7 +88,8 @@ def test_bad_values_raise():
     with pytest.raises(ValueError, match=r"whole channel counts, got 0.3"):
         models.build("cnn9", 10, width=0.3)
     half = models.build("cnn9", 10, width=0.5)  # 1/8 of the paper's width: 8/16/32 channels, for CPU runs
-    assert [m.out_channels for m in half.modules() if isinstance(m, torch.nn.Conv2d)][:9] == [8] * 3 + [16] * 3 + [32] * 3
+    convs = [m.out_channels for m in half.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[:9] == [8] * 3 + [16] * 3 + [32] * 3
     with pytest.raises(ValueError, match="no option 'width'; valid: in_channels"):
         models.build("resnet18", 10, width=2)
 

@@ -142,6 +142,13 @@ def test_ball_query_radius_count_and_order(radius, k):
             assert centres_idx[b, m].item() in inside                     # a centre is its own neighbour
 
 
+def conv_mlp(sa, h):
+    """A set abstraction's MLP as the official NCHW 1x1 conv2d, BN, ReLU on ``h [B, C, M, k]``."""
+    for layer in sa.mlp:
+        h = torch.relu(layer.bn(torch.nn.functional.conv2d(h, layer.weight, layer.bias)))
+    return h
+
+
 def test_set_abstraction_matches_a_per_centroid_loop():
     """Group (relative xyz first, then features), shared MLP, max: against a loop over clouds and centroids."""
     torch.manual_seed(0)
@@ -160,8 +167,9 @@ def test_set_abstraction_matches_a_per_centroid_loop():
                         d = (pts[b] - centres[b, m]).norm(dim=-1)
                         near = torch.nonzero(d < sa.radius).flatten()[:sa.neighbours]
                         grouped = torch.cat([pts[b, near] - centres[b, m], feats[b, near]], -1)
-                    # grouped [k, C]: the MLP on each neighbour alone (eval BN is per element), then the max
-                    h = torch.stack([sa.mlp(v[None, :, None, None])[0, :, 0, 0] for v in grouped])
+                    # grouped [k, C]: the MLP on each neighbour alone, as a 1x1 conv2d on [1, C, 1, 1] (eval BN is
+                    # per element), then the max
+                    h = torch.stack([conv_mlp(sa, v[None, :, None, None])[0, :, 0, 0] for v in grouped])
                     assert torch.allclose(h.amax(0), out[b, m], atol=1e-5)
     assert torch.equal(c2, gather(c1, farthest_point_sample(c1, 4)))
 
@@ -179,7 +187,8 @@ def test_layer_plan_of_every_model_and_regulariser(model_name, reg_name):
     if model_name == "pointnet_tnet":
         options["exclude"] = TRANSFORMS
     reg = regularizers.build(reg_name, model, **options)
-    plan = {layer.name: (t.kind == "projected", t.kind != "full", layer.role) for layer, t in zip(reg.layers, reg.terms)}
+    plan = {layer.name: (t.kind == "projected", t.kind != "full", layer.role)
+            for layer, t in zip(reg.layers, reg.terms)}
     every = [layer.name for layer in find_layers(model)]
     kept = [n for n in every if not n.endswith("_transform.transform")]
     assert list(plan) != [] and sorted(plan) == sorted(kept)

@@ -57,7 +57,7 @@ def assert_refused(code, err, run_dir, *needles):
     (None, ["regularizer=rp_comhe", "reg.proj_dim=0"], ["proj_dim must be an integer >= 1, got 0"]),
     (None, ["regularizer=rp_comhe", "reg.num_proj=-2"], ["num_proj must be an integer >= 1, got -2"]),
     (None, ["regularizer=mhe", "reg.lambda_hidden=abc"], ["reg.lambda_hidden must be float, got 'abc'"]),
-    (None, ["regularizer=mhe", "reg.layers=all"], ["regularizer 'mhe': unknown layer set 'all'"]),
+    (None, ["regularizer=mhe", "reg.layers=all"], ["regularizer 'mhe': unknown layer set layers='all'; valid: both, hidden, output"]),
     (None, ["model_options.width=-1"], ["model 'cnn6': width"]),
     (None, ["data.workers=2"], ["unknown option data.workers for 'synthetic'"]),
     (None, ["dataset=cifar1000"], ["unknown dataset 'cifar1000'"]),

@@ -49,17 +49,18 @@ def test_the_resume_hint_is_said_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(runner, "train", stopped)
     code = run.main(["table1", "--profile", "smoke", "--results", str(tmp_path / "r"), "--no-figures"])
     err = capsys.readouterr().err
-    assert code == 143 and err.count("resume") == 1 and "relaunch" not in err
+    assert code == 130 and err.count("resume") == 1 and "relaunch" not in err
 
 
-def test_comhe_train_prints_the_run_line_first_and_no_nan_at_iteration_0(tmp_path, capsys):
+def test_comhe_train_prints_the_device_and_run_lines_first_and_no_nan_at_iteration_0(tmp_path, capsys):
     cfg = {"dataset": "synthetic", "data": {"num_classes": 4, "train_per_class": 8, "test_per_class": 4},
            "data_root": str(tmp_path / "data"), "model": "cnn6", "model_options": {"width": 1}, "iterations": 2,
            "batch_size": 8, "eval_every": 2, "milestones": [1], "threads": 1}
     (tmp_path / "cfg.yaml").write_text(json.dumps(cfg))
     code = train.main([str(tmp_path / "cfg.yaml"), "--run-dir", str(tmp_path / "run"), "--progress", "lines"])
-    lines = capsys.readouterr().out.splitlines()
-    assert code == 0 and lines[0].startswith("run: ") and lines[1].split()[:2] == ["iter", "epoch"]
+    device, *lines = capsys.readouterr().out.splitlines()  # where it trains first (docs/gpu.md), then the run
+    assert code == 0 and device.startswith("device: CPU, 1 threads; torch ")
+    assert lines[0].startswith("run: ") and lines[1].split()[:2] == ["iter", "epoch"]
     first = lines[2].split()
     assert first[0] == "0" and first[3:6] == ["-", "-", "-"] and "nan" not in lines[2].lower()
     assert "nan" not in lines[3].lower() and lines[3].split()[0] == "2"

@@ -129,3 +129,39 @@ def test_dry_run_shows_partial_runs_and_probes_the_lock_read_only(tmp_path):
         holder.unlock()
     assert "training now on node7 (pid 4242), 40 img/s, ETA 15s" in text
     assert progress.locked_now(path) is False
+
+
+def test_finished_runs_lend_their_rates_to_the_eta(tmp_path):
+    """Issue 20: "ETA unknown" with 28 of 40 runs done: the runs finished before this command had measured rates."""
+    done = [fake_run(tmp_path, f"done{i}", 100, rate=10.0, status="finished", finished=True) for i in range(3)]
+    todo = [fake_run(tmp_path, f"todo{i}", 0, rate=None, status="stopped") for i in range(2)]
+    assert progress.table_eta(todo, 1) is None
+    assert progress.table_eta(todo, 1, reference=done) == pytest.approx(2 * 100 / 10.0)
+    monitor = progress.Monitor([(f"todo{i}", d, c) for i, (d, c) in enumerate(todo)], 1, out=io.StringIO(),
+                               bars=False, finished=done)
+    assert monitor.snapshot()["eta_s"] == pytest.approx(20.0)
+
+
+def test_the_eta_keeps_the_pace_the_command_has_kept(tmp_path):
+    """Issue 20: "table ETA 0s" with a run minutes from done: run rates leave out each run's start-up; once a run
+    has finished here, the ETA is at least (iterations left) x (wall time / iterations done here)."""
+    runs = [fake_run(tmp_path, f"r{i}", 0, total=200, rate=None, status="stopped") for i in range(4)]
+    monitor = progress.Monitor([(f"r{i}", d, c) for i, (d, c) in enumerate(runs)], 1, out=io.StringIO(),
+                               bars=False)
+    assert monitor.snapshot()["eta_s"] is None                  # baseline: nothing measured, nothing done
+    monitor._started -= 30.0                                    # 30 s later: one run done (200 epochs at 1000/s)
+    RunDir(runs[0][0]).write_final({"status": "finished", "iterations": 200, "train_images_per_s": 8000.0})
+    snap = monitor.snapshot()
+    assert snap["finished"] == 1
+    assert snap["eta_s"] == pytest.approx(600 * 30.0 / 200, rel=0.05)   # not 3 x 0.2 s at the run's own rate
+
+
+def test_a_running_node_run_is_counted_and_shown_in_epochs(tmp_path):
+    run_dir, cfg = fake_run(tmp_path, "gcn", 50, total=200, rate=25.0)
+    record = json.loads((tmp_path / "gcn" / "progress.json").read_text())
+    record.update(unit="epoch", images_per_s=None, latest={"iteration": 50, "test_acc": 71.25})
+    (tmp_path / "gcn" / "progress.json").write_text(json.dumps(record))
+    monitor = progress.Monitor([("gcn", run_dir, cfg)], 1, out=io.StringIO(), bars=False, line_every_s=0)
+    lines = monitor.lines(monitor.snapshot())
+    assert "1 running" in lines[0]
+    assert "25.0 epochs/s" in lines[1] and "test accuracy 71.25% at 50" in lines[1] and "img/s" not in lines[1]

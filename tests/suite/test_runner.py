@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -62,10 +63,13 @@ def test_make_table1_smoke_end_to_end(tmp_path, monkeypatch):
                    **git)
     out = make("table1", "PROFILE=smoke", tmp_path=tmp_path, cwd=clone, outputs_in_tmp=False)
     assert subprocess.run(["git", "status", "--porcelain"], **git).stdout == ""   # a user's run dirties nothing
-    results, runs_root = clone / "results", clone / "results" / "runs"
+    # smoke never writes where the real tables are (issue 20): results/smoke/, figures included, and it says so
+    results, runs_root = clone / "results" / "smoke", clone / "results" / "smoke" / "runs"
+    assert "profile smoke: tables, runs and figures go to results/smoke/" in out
+    assert not (clone / "results" / "table1.md").exists() and not (clone / "figures").exists()
     for ext in ("csv", "md", "tex"):
         assert (results / f"table1.{ext}").stat().st_size > 500
-    assert (clone / "figures" / "table1.png").stat().st_size > 5000
+    assert (results / "figures" / "table1.png").stat().st_size > 5000
     table = pd.read_csv(results / "table1.csv")
     assert len(table) == 30 and set(table["status"]) == {"done"}          # 5 methods x 3 depths x 2 smoke seeds
     assert table["final_test_error"].between(0, 100).all() and set(table["dataset"]) == {"synthetic"}
@@ -265,10 +269,14 @@ def test_ctrl_c_stops_waiting_and_reports_the_run_as_locked(tiny):
     plan, runs_root = tiny
     holder = RunDir(runs_root / plan.runs[0].name)
     holder.lock()
+    # A suite started in the background (`nohup make test &`, some CI shells) inherits SIGINT ignored; Python then
+    # installs no handler, interrupt_main does nothing, and the runner would wait for the held lock forever.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         out = _Watch(lambda: threading.Timer(0.2, _thread.interrupt_main).start())   # Ctrl-C while sleeping
         assert runner.train(plan, runs_root, out=out, poll_s=2.0) == {"skipped": 0, "finished": 1, "locked": 1}
     finally:
+        signal.signal(signal.SIGINT, previous)
         holder.unlock()
     assert "stopped waiting: 1 run(s) left to the other process" in out.getvalue()
     assert holder.status() == "todo"

@@ -66,6 +66,23 @@ def test_flush_subnormals_false_keeps_them_in_every_thread(tmp_path):
     assert got["product"] == pytest.approx(1e-40, rel=1e-3) and not got["many_zero"]
 
 
+@can_flush
+def test_the_cli_reaches_every_thread_although_it_checks_the_config_first(tmp_path):
+    """``python -m comhe.train`` reads the config first, and reading builds the model once (``config._check_buildable``)
+    before the run sets its mode: that build must not create torch's threads, or they would keep subnormals."""
+    # width 1 and RP-CoMHE: building its projections is a parallel op (checked: it starts torch's threads)
+    cfg = {**IMAGE, "model_options": {"width": 1}, "regularizer": "rp_comhe", "data_root": str(tmp_path / "data"),
+           "threads": 2}
+    (tmp_path / "run.yaml").write_text(json.dumps(cfg))  # JSON is YAML
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-m", "comhe.train", str(tmp_path / "run.yaml"), "--run-dir",
+                          str(tmp_path / "run"), "--progress", "none"], capture_output=True, text=True, cwd=REPO,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert (meta["subnormals"], meta["threads"]) == ("flushed", 2), out.stderr[-2000:]
+
+
 def test_the_flag_is_no_part_of_a_runs_identity():
     cfg = config.resolve(["regularizer=rp_comhe"])
     assert config_hash({**cfg, "flush_subnormals": False}) == config_hash(cfg)

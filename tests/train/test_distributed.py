@@ -119,7 +119,8 @@ def test_two_process_run_matches_single_process(setting):
     # records by rank 0 only: one header and one row per evaluation, one progress table, no stray files
     assert ddp.metrics_path.read_text().count("iteration,") == 1 and proc.stdout.count("test_err%") == 1
     assert sorted(p.name for p in ddp.path.iterdir()) == [".lock", "checkpoints", "config.yaml", "final.json",
-                                                           "meta.json", "metrics.csv", "progress.json"]
+                                                           "meta.json", "metrics.csv", "progress.json",
+                                                           "record.sha256"]
     assert ddp.read_meta()["world_size"] == 2
 
 
@@ -176,7 +177,7 @@ def test_evaluation_batches_split_over_ranks_cover_the_test_set_once(tmp_path, k
 @pytest.mark.slow  # ~45 s: a reference run and two torchrun launches
 def test_stop_signal_to_rank_0_only_checkpoints_and_resumes(tmp_path):
     """SIGTERM reaches rank 0 alone (the other rank never learns of it from the OS): both ranks must agree to stop
-    (at the next multiple of engine.CHECK_EVERY, the evaluations' cadence too), rank 0 checkpoints, both exit 143;
+    (at the next multiple of engine.CHECK_EVERY, the evaluations' cadence too), rank 0 checkpoints, both exit 130;
     the relaunch resumes there and ends bitwise equal to the uninterrupted reference."""
     cfg = small_cfg(tmp_path, batch_size=16, lr=0.01, iterations=100, milestones=[80], eval_every=20,
                     checkpoint_every=1000)  # no periodic checkpoint: the resume point is the stop's

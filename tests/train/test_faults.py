@@ -109,7 +109,7 @@ def test_sigkill_at_random_times_then_resume_equals_uninterrupted(shared):
         run = RunDir(root / f"random-{trial}")
         for _ in range(2):
             delay = rng.uniform(0.1, 0.9) * seconds
-            code = run_forked(lambda: engine.train(cfg, run.path), kill_after=delay)
+            code = run_forked(lambda run=run: engine.train(cfg, run.path), kill_after=delay)
             entries = json.loads((run.checkpoint_dir / "manifest.json").read_text()) \
                 if (run.checkpoint_dir / "manifest.json").exists() else []
             outcomes.append((round(delay, 2), code, run.status(), [e["iteration"] for e in entries]))

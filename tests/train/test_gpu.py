@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def cfg_for(tmp_path, **overrides):
     base = {"dataset": "synthetic", "data": {"num_classes": 10}, "data_root": str(tmp_path / "data"),
             "model": "cnn9", "model_options": {"width": 1, "bn_momentum": 0.1}, "batch_size": 16, "lr": 0.02,
-            "regularizer": "rp_comhe", "reg": {"proj_dim": 8, "num_proj": 4}, "device": "cuda"}
+            "regularizer": "rp_comhe", "reg": {"proj_dim": 8, "num_proj": 4}, "device": "cuda",
+            "cuda_graph": False}  # the eager reference; cuda_graph: auto would capture it too
     base.update(overrides)
     return config.resolve(base=base)
 

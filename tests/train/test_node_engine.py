@@ -67,8 +67,29 @@ def test_a_run_leaves_the_records_of_every_epoch(tmp_path):
         node_engine.stop_now(stop[:e + 1], 10) for e in range(len(stop)))
     assert final["final_test_accuracy"] > 60                                        # 4 classes: chance is 25 %
     assert final["best_test_accuracy"] >= final["final_test_accuracy"]
-    assert run.read_config() == cfg and json.loads((run.path / "meta.json").read_text())["status"] == "finished"
+    assert run.read_config() == node_engine.recorded_config(cfg)
+    assert json.loads((run.path / "meta.json").read_text())["status"] == "finished"
     assert node_engine.train(cfg, tmp_path / "run") == final                         # finished: not retrained
+
+
+def test_a_node_run_records_only_the_config_keys_it_uses(tmp_path):
+    """Issue 20: GCN runs recorded ``optimizer: sgd``, ``momentum``, ``batch_size: 128``, ``augment`` and
+    ``milestones`` although the node engine trains Adam on the whole graph at a constant rate."""
+    cfg = node_cfg(tmp_path, iterations=3)
+    node_engine.train(cfg, tmp_path / "run")
+    recorded = RunDir(tmp_path / "run").read_config()
+    for unused in ("optimizer", "momentum", "batch_size", "augment", "milestones", "lr_decay", "nesterov", "amp",
+                   "eval_batch_size", "workers", "channels_last", "lr_schedule", "bn_schedule"):
+        assert unused not in recorded, unused
+    for used in ("dataset", "model", "regularizer", "reg", "lr", "weight_decay", "iterations", "early_stopping",
+                 "seed", "device", "threads", "loss", "label_smoothing"):
+        assert recorded[used] == cfg[used], used
+    record = json.loads((tmp_path / "run" / "progress.json").read_text())  # the runner sees node runs too
+    assert record["status"] == "finished" and record["unit"] == "epoch" and record["iteration"] == 3
+    assert record["images_per_s"] is None
+    stepped = node_cfg(tmp_path, iterations=3, milestones=[2])  # a milestone within the epochs: it is used
+    assert node_engine.recorded_config(stepped)["milestones"] == [2] and "lr_decay" in \
+        node_engine.recorded_config(stepped)
 
 
 def test_weight_decay_is_on_the_first_layer_only_and_stop_loss_adds_it(tmp_path):

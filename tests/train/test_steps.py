@@ -47,9 +47,9 @@ def test_cuda_graph_needs_cuda(tmp_path):
 @pytest.mark.parametrize("regularizer", ["none", "rp_comhe", "ap_comhe"])
 def test_cuda_graph_step_matches_eager(tmp_path, regularizer):
     common = dict(device="cuda", amp="off", regularizer=regularizer, deterministic=True)
-    eager, w_eager = run_steps(cfg_for(tmp_path, **common), n=8)
+    eager, w_eager = run_steps(cfg_for(tmp_path, cuda_graph=False, **common), n=8)
     graphed, w_graphed = run_steps(cfg_for(tmp_path, cuda_graph=True, **common), n=8)
-    for (l1, c1, r1), (l2, c2, r2) in zip(eager, graphed):
+    for (l1, _c1, r1), (l2, _c2, r2) in zip(eager, graphed):
         assert l2 == pytest.approx(l1, rel=1e-5) and r2 == pytest.approx(r1, rel=1e-5)
     assert_same_updates(w_eager, w_graphed, 1e-5)
 
@@ -112,6 +112,7 @@ def test_ddp_drops_the_buffer_broadcast_beside_sync_batchnorm():
 def test_capture_runs_in_thread_local_error_mode(tmp_path, monkeypatch):
     """A capture in the default (global) mode is invalidated by CUDA calls from other threads, e.g. the
     DataLoader's pin-memory thread; the step captures thread-locally. The CUDA graph API is faked: no GPU here."""
+    import contextlib
     from types import SimpleNamespace
     from comhe.train import steps
     s = engine.prepare(cfg_for(tmp_path, regularizer="none", reg={}))
@@ -125,7 +126,7 @@ def test_capture_runs_in_thread_local_error_mode(tmp_path, monkeypatch):
             return "pool"
 
     class FakeCapture:
-        def __init__(self, graph, pool=None, **kwargs):
+        def __init__(self, graph, pool=None, stream=None, **kwargs):
             seen.update(kwargs)
 
         def __enter__(self):
@@ -136,6 +137,8 @@ def test_capture_runs_in_thread_local_error_mode(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", FakeCapture)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: None)
     fake = SimpleNamespace(**{**vars(s), "device": torch.device("cuda")})
     step = steps.GraphStep(fake)
     fake.device = s.device  # the captured body runs on the CPU tensors
