@@ -13,6 +13,8 @@ name                   kind    source
 ``synthetic_imagenet`` loader  tiny JPEG ImageFolder written by ``data/synthetic.py``
 ``modelnet40``         points  the HDF5 release ``modelnet40_ply_hdf5_2048`` (h5py; download + md5 check)
 ``synthetic_modelnet40`` points  small clouds in that layout written by ``data/synthetic_points.py``
+``image_folder``       tensor  ``root/<folder>/<split>/<class>/*.{png,jpg}`` up to 64 x 64, decoded once (cached)
+``cifar10_jpeg_export`` tensor  the CIFAR-10 images re-saved as JPEG (``cifar10-images.tar.xz``): not CIFAR-10
 =====================  ======  ==============================================================================
 
 "tensor" bundles hold the whole dataset on ``device`` as uint8 ``[N, C, H, W]`` and stream batches with

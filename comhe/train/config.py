@@ -46,6 +46,7 @@ DEFAULTS: Dict[str, Any] = {
     "lr_schedule": "milestones",  # milestones | staircase: max(lr_min, lr * lr_decay ** (i // lr_decay_every))
     "lr_decay_every": 0,        # staircase period in iterations (PointNet: 200,000 samples / 32 = 6,250)
     "lr_min": 0.0,              # floor of the staircase LR (PointNet: 1e-5)
+    "warmup_iterations": 0,     # linear LR ramp over the first updates (not official; CPU CIFAR runs: 200)
     "bn_schedule": "constant",  # constant: the model's BN momentum | staircase at lr_decay_every (PointNet)
     "bn_momentum_start": 0.5,   # staircase BN momentum (PyTorch's, = 1 - TF decay): start, factor, floor
     "bn_momentum_decay": 0.5,
@@ -77,11 +78,13 @@ DEFAULTS: Dict[str, Any] = {
 # left out of a run's hash (``records.config_hash``), so adding a key never renames, and so never retrains, a run.
 ADDED_KEYS: tuple = ("early_stopping", "tensorboard",
                      "optimizer", "lr_schedule", "lr_decay_every", "lr_min", "bn_schedule", "bn_momentum_start",
-                     "bn_momentum_decay", "bn_momentum_min", "monitor_exclude")  # the last nine: train/optim.py
+                     "bn_momentum_decay", "bn_momentum_min", "monitor_exclude",  # the last nine: train/optim.py
+                     "warmup_iterations")
 # Keys of the minibatch image loop that a full-batch node run (comhe/train/node_engine.py: Adam on the whole graph)
 # has no use for: set away from their defaults for a graph dataset, they are refused rather than ignored.
 IMAGE_ONLY = ("batch_size", "momentum", "nesterov", "wd_exclude_bn", "augment", "compile", "cuda_graph",
-              "optimizer", "lr_schedule", "lr_decay_every", "lr_min", "bn_schedule", "monitor_exclude")
+              "optimizer", "lr_schedule", "lr_decay_every", "lr_min", "bn_schedule", "monitor_exclude",
+              "warmup_iterations")
 
 CHOICES = {"loss": ("official", "cross_entropy"), "amp": ("auto", "off", "bf16"),
            "channels_last": ("auto", True, False), "cuda_graph": ("auto", True, False)}

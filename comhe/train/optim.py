@@ -10,6 +10,9 @@
 ``milestones``    ``lr * lr_decay ** (number of milestones <= i)`` (the official CIFAR loop)
 ``staircase``     ``max(lr_min, lr * lr_decay ** (i // lr_decay_every))``: TF ``exponential_decay(staircase=True)``
                   then ``tf.maximum`` with the floor (PointNet: 0.001 x 0.7 every 200,000 samples, floor 1e-5)
+``warmup_iterations``  ``w > 0``: either schedule times ``min(1, (i + 1) / w)``, a linear ramp over the first ``w``
+                  updates (not in any official code: short CPU runs that cannot afford the official runs' 2-3k
+                  iterations of collapse, docs/cifar10-cpu.md); 0, the default, is the official loop
 ``bn_schedule``
 ``constant``      the model's own BN momentum, never touched
 ``staircase``     ``max(bn_momentum_min, bn_momentum_start * bn_momentum_decay ** (i // lr_decay_every))`` at the
@@ -73,7 +76,9 @@ def staircase_lr(cfg: Mapping[str, Any], iteration: int) -> float:
 
 def lr_at(cfg: Mapping[str, Any], iteration: int) -> float:
     """The learning rate of the update that follows ``iteration`` updates."""
-    return LR_SCHEDULES.get(cfg.get("lr_schedule", "milestones"))(cfg, iteration)
+    lr = LR_SCHEDULES.get(cfg.get("lr_schedule", "milestones"))(cfg, iteration)
+    warmup = cfg.get("warmup_iterations", 0)
+    return lr * min(1.0, (iteration + 1) / warmup) if warmup else lr
 
 
 @BN_SCHEDULES.register("constant")
@@ -130,6 +135,12 @@ def check(cfg: Mapping[str, Any]) -> None:
     for key in ("bn_momentum_start", "bn_momentum_decay", "bn_momentum_min"):
         if not 0 < cfg[key] <= 1:
             raise ValueError(f"{key} must be in (0, 1], got {cfg[key]}")
+    if cfg.get("warmup_iterations", 0) < 0:
+        raise ValueError(f"warmup_iterations must be >= 0, got {cfg['warmup_iterations']}")
+    if cfg.get("warmup_iterations", 0) and cfg.get("cuda_graph") is True:
+        # GraphStep captures one graph per learning rate: a ramp would capture one per warm-up update.
+        raise ValueError("cuda_graph: true captures one graph per learning rate and a warm-up changes it every "
+                         "update: use warmup_iterations=0 or cuda_graph=false")
     if cfg["bn_schedule"] != "constant" and cfg.get("cuda_graph") is True:
         # A captured graph bakes in the BN momentum it was captured with; graphs are keyed by the LR only.
         raise ValueError("cuda_graph: true replays one BN momentum per captured learning rate: use "
