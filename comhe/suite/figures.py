@@ -69,8 +69,12 @@ def _shas(df: pd.DataFrame) -> str:
 def stamp(fig, exp: Experiment, df: pd.DataFrame) -> None:
     """The footer every figure carries: profile, seeds, code, overrides and the command that made it."""
     from .report import command
+    from .labels import stand_in_data
     protocol = ("overrides " + " ".join(exp.overrides) + ": NOT the paper protocol") if exp.overrides else \
         ("paper protocol" if exp.profile == "paper" else f"profile {exp.profile}: not the paper protocol")
+    data = stand_in_data(exp)
+    if data:  # said first, in the title's line of sight: these numbers are not the named data set's
+        fig.text(0.5, 1.0, data, ha="center", va="bottom", fontsize=8, color="0.2")
     live = len(running_rows(df))
     running = f" · includes {live} run(s) still training, at their latest evaluation" if live else ""
     if df.attrs.get("incomplete"):  # runner.render: training was stopped by a signal

@@ -63,3 +63,15 @@ def notes(exp: Experiment) -> List[str]:
                             changed[label].append(text)
     return [f"Profile {exp.profile}: {label} ran with {', '.join(texts)}, not the setting its label names."
             for label, texts in changed.items()]
+
+
+# Data sets that stand in for another under an override, with the words every table and figure made on them must
+# carry (issue 21: a number from the export is never shown as a CIFAR-10 number). comhe/data/cifar_export.py.
+STAND_IN_DATA = {"cifar10_jpeg_export": "CIFAR-10 JPEG export (JPEG-recompressed CIFAR-10 images, not CIFAR-10)"}
+
+
+def stand_in_data(exp: Experiment) -> str:
+    """``"data: CIFAR-10 JPEG export (...)"`` when an override trains ``exp`` on a stand-in data set, else ``''``."""
+    names = [o.split("=", 1)[1].strip() for o in exp.overrides if o.split("=", 1)[0].strip() == "dataset"]
+    said = [STAND_IN_DATA[n] for n in names if n in STAND_IN_DATA]
+    return "data: " + "; ".join(said) if said else ""

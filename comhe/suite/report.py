@@ -345,8 +345,11 @@ def protocol_line(exp: Experiment) -> str:
     """The header's warning that some runs are not the paper protocol ('' when every override is the protocol)."""
     if not exp.overrides:
         return ""
+    from .labels import stand_in_data
+    data = stand_in_data(exp)
     return ("Not the paper protocol: overrides " + ", ".join(exp.overrides) +
-            " (on every cell that has the option; the reference numbers were made without them).")
+            " (on every cell that has the option; the reference numbers were made without them)." +
+            (f" Every number here is on the {data[len('data: '):]}." if data else ""))
 
 
 def compact(groups, body) -> Tuple[List[str], List[List[str]]]:
