@@ -103,15 +103,26 @@ def _worker_execute(cfg: Dict[str, Any], run_dir: str, keep_weights: bool, paren
     pool's queues stay open while any worker holds their ends."""
     from ..train.engine import Preempted
     if STOP.requested:
+        _exit_if_orphaned(parent_pid)
         return NOT_STARTED
+    _BUSY.set()
     try:
-        return _execute_guarded(cfg, run_dir, keep_weights)
+        result = _execute_guarded(cfg, run_dir, keep_weights)
     except Preempted as err:
-        if os.getppid() != parent_pid:  # reparented: the runner is gone (PR_SET_PDEATHSIG sent the signal)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(143)
-        return {"outcome": "stopped", "message": str(err)}
+        result = {"outcome": "stopped", "message": str(err)}
+    finally:
+        _BUSY.clear()
+    # However the run ended (stopped, or its last steps finished before the signal was seen): an orphan exits here.
+    _exit_if_orphaned(parent_pid)
+    return result
+
+
+def _exit_if_orphaned(parent_pid: int) -> None:
+    """Exit when reparented: the runner is gone (PR_SET_PDEATHSIG sent the signal) and nobody reads a result."""
+    if os.getppid() != parent_pid:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143)
 
 
 # --- processes that die with the runner ------------------------------------------------------------------------------
@@ -146,6 +157,20 @@ def _watch_parent(parent_pid: int) -> None:
 
 _worker_index = None
 _worker_stop = None  # the pool worker's stop handling, held for its life
+_BUSY = threading.Event()  # set while this pool worker trains a run
+
+
+def _exit_when_orphaned_and_idle(parent_pid: int) -> None:
+    """A pool worker whose runner died while it waited for its next run (its own run had ended just before) gets no
+    signal that wakes it: the pool's queue stays open while any worker holds its ends. Polled: it exits once
+    orphaned and idle; a worker still training was sent SIGTERM (PR_SET_PDEATHSIG) and exits after its checkpoint."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.2)
+    while _BUSY.is_set():
+        time.sleep(0.1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(143)
 
 
 def _worker_init(counter, gpus: int, parent_pid: int) -> None:
@@ -158,6 +183,7 @@ def _worker_init(counter, gpus: int, parent_pid: int) -> None:
     _worker_stop.__enter__()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked by the runner (pool)
     die_with_parent(parent_pid)
+    threading.Thread(target=_exit_when_orphaned_and_idle, args=(parent_pid,), daemon=True).start()
     with counter.get_lock():
         _worker_index = counter.value
         counter.value += 1
