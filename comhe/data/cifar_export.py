@@ -13,7 +13,6 @@ CIFAR-10's order (airplane ... truck), checked against the class folders.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from . import imagefolder
 from .archives import extract_tar
 from .bundle import DATASETS, LOCATORS, PROBES, WRITE, DataBundle, DatasetUnavailable, removed_if_failed
+from ..digests import file_digest
 
 FOLDER = "cifar10-images"
 ARCHIVE = "cifar10-images.tar.xz"
@@ -60,12 +60,9 @@ def ensure(root: Path, archive: str = "") -> Path:
     if problem:
         raise DatasetUnavailable(problem)
     source = _archive(root, archive)
-    h = hashlib.sha256()
-    with open(source, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    if h.hexdigest() != SHA256:
-        raise DatasetUnavailable(f"{source} has sha256 {h.hexdigest()}, expected {SHA256}: not the {LABEL} "
+    actual = file_digest(source, "sha256")
+    if actual != SHA256:
+        raise DatasetUnavailable(f"{source} has sha256 {actual}, expected {SHA256}: not the {LABEL} "
                                  "(incomplete or another file)")
     partial = root / f".{FOLDER}.partial{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)

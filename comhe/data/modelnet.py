@@ -22,7 +22,6 @@ stream batches with ``points.PointCloudLoader``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.error
@@ -37,6 +36,7 @@ from . import synthetic_points
 from .archives import extract_release
 from .bundle import DATASETS, LOCATORS, WRITE, DataBundle, DatasetUnavailable, offline
 from .points import AUGMENTATIONS, PointCloudLoader, eval_point_batches
+from ..digests import file_digest
 
 FOLDER = "modelnet40_ply_hdf5_2048"
 ARCHIVE = FOLDER + ".zip"
@@ -65,11 +65,7 @@ def import_h5py():
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def split_files(folder: Path, split: str) -> List[Path]:

@@ -22,6 +22,8 @@ from typing import Callable, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from ..digests import file_digest
+
 FORMAT = 1
 FOLDER = "decoded"
 
@@ -37,11 +39,7 @@ def fingerprint(top: Path, files: Mapping[str, Sequence[Tuple[str, int]]]) -> st
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def paths(root: Path, name: str, key: Mapping) -> Tuple[Path, Path]:

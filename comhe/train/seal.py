@@ -34,6 +34,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from ..digests import file_digest
+
 MANIFEST = "record.sha256"
 SEALED = ("config.yaml", "metrics.csv", "meta.json", "final.json")   # every file a result is read from
 SEAL_KEY = "record_checksums"   # in final.json: "this record was sealed" (a deleted manifest is then damage)
@@ -54,11 +56,7 @@ class Verdict:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def manifest_text(run_dir: Path, final_bytes: bytes) -> str:
